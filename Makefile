@@ -1,0 +1,31 @@
+# ppvae: the two quickstart commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# pip on this machine refuses newer builds; pin them so every install is the same
+PINS := torch==2.14.1 torchvision==0.29.1
+DEMO := runs/demo
+
+.PHONY: install demo test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(PINS) -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/ppvae train --dataset digits --out $(DEMO) --overwrite
+	@echo "demo outputs are in $(DEMO)/ (config.json, history.csv, metrics.csv, *.png)"
+
+test: install lint
+	$(BIN)/python -m pytest -q tests $(wildcard notebooks/*.ipynb) --nbmake
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,42 @@
+"""ppvae: variational autoencoders as Pyro models and guides, with PPCA as the oracle.
+
+The Python API in brief::
+
+    from ppvae import ArchConfig, DataShape, FitConfig, fit, evaluate, load_dataset
+    from ppvae.models import MODELS
+    from ppvae.guides import GUIDES
+
+    data = load_dataset("digits")
+    shape = DataShape(data.train.shape[1], data.image_shape, data.train.shape[0])
+    model = MODELS["bernoulli"](ArchConfig(z_dim=2), shape)
+    guide = GUIDES["diag"](ArchConfig(z_dim=2), shape, model)
+    result = fit(model, guide, data, FitConfig(epochs=10))
+    print(evaluate(model, guide, data.test))
+"""
+
+from ppvae.checker import ModelGuideError, check, problems
+from ppvae.config import ArchConfig, ConfigError, DataShape
+from ppvae.data import DataError, Dataset, load_dataset
+from ppvae.evaluate import elbo_terms, evaluate, log_likelihood
+from ppvae.train import FitConfig, FitResult, TrainingError, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchConfig",
+    "ConfigError",
+    "DataError",
+    "DataShape",
+    "Dataset",
+    "FitConfig",
+    "FitResult",
+    "ModelGuideError",
+    "TrainingError",
+    "check",
+    "elbo_terms",
+    "evaluate",
+    "fit",
+    "load_dataset",
+    "log_likelihood",
+    "problems",
+]

@@ -1,0 +1,31 @@
+"""Shared fixtures: a clean, validated, seeded Pyro for every test (as in Pyro's own conftest)."""
+
+import os
+
+import pyro
+import pytest
+import torch
+
+REQUIRE_DATA = os.environ.get("PPVAE_REQUIRE_DATA") == "1"
+
+
+@pytest.fixture(autouse=True)
+def clean_pyro():
+    """Clear the param store, turn validation on and seed every generator."""
+    pyro.clear_param_store()
+    pyro.enable_validation(True)
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+def needs_data(available: bool, what: str):
+    """Skip when a dataset is missing, but fail instead under ``PPVAE_REQUIRE_DATA=1``."""
+    if available:
+        return
+    if REQUIRE_DATA:
+        pytest.fail(f"{what} is required (PPVAE_REQUIRE_DATA=1) but missing")
+    pytest.skip(f"{what} not available")
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
