@@ -1,0 +1,74 @@
+"""Generative models p(z) p_theta(x | z), and :data:`MODELS`, the registry the CLI reads.
+
+Each registry entry builds a model from an :class:`~ppvae.config.ArchConfig` and a
+:class:`~ppvae.config.DataShape`. Pick the likelihood by key (or by decoder class in Python).
+"""
+
+from collections.abc import Callable
+
+import torch
+from ppvae.models.decoders import BernoulliDecoder, ContinuousBernoulliDecoder, GaussianDecoder
+from ppvae.models.ppca import PPCA
+from ppvae.models.sites import DATA, LATENT, OBS, data_plate
+from ppvae.models.vae import VAE
+from torch import nn
+
+from ppvae.config import ArchConfig, DataShape
+from ppvae.nets import MLP, ConvDecoderNet
+
+
+def decoder_net(arch: ArchConfig, shape: DataShape) -> nn.Module:
+    """z (..., q) -> (..., D): an MLP mirroring the encoder's hidden sizes, or the conv net."""
+    if arch.conv:
+        return ConvDecoderNet(arch.z_dim, shape.image_shape)
+    return MLP(arch.z_dim, shape.x_dim, hidden=tuple(reversed(arch.hidden)))
+
+
+def bernoulli(arch: ArchConfig, shape: DataShape) -> VAE:
+    """Bernoulli likelihood (cross-entropy): binary or grey-level pixels in [0, 1]."""
+    return VAE(BernoulliDecoder(decoder_net(arch, shape)), arch.z_dim)
+
+
+def gaussian(arch: ArchConfig, shape: DataShape) -> VAE:
+    """Gaussian likelihood N(x_hat, I): squared error."""
+    return VAE(GaussianDecoder(decoder_net(arch, shape), sigma=1.0), arch.z_dim)
+
+
+def gaussian_learned(arch: ArchConfig, shape: DataShape) -> VAE:
+    """Gaussian likelihood with a learned per-pixel sigma."""
+    sigma = torch.ones(shape.x_dim)
+    decoder = GaussianDecoder(decoder_net(arch, shape), sigma=sigma, learn_sigma=True)
+    return VAE(decoder, arch.z_dim)
+
+
+def continuous_bernoulli(arch: ArchConfig, shape: DataShape) -> VAE:
+    """Continuous Bernoulli likelihood: a proper density for grey levels in [0, 1]."""
+    return VAE(ContinuousBernoulliDecoder(decoder_net(arch, shape)), arch.z_dim)
+
+
+def ppca(arch: ArchConfig, shape: DataShape) -> PPCA:
+    """Linear decoder, Gaussian noise with one learned sigma: PPCA, the linear VAE's model."""
+    return PPCA(shape.x_dim, arch.z_dim)
+
+
+MODELS: dict[str, Callable[[ArchConfig, DataShape], nn.Module]] = {
+    "bernoulli": bernoulli,
+    "gaussian": gaussian,
+    "gaussian-learned": gaussian_learned,
+    "continuous-bernoulli": continuous_bernoulli,
+    "ppca": ppca,
+}
+
+__all__ = [
+    "DATA",
+    "LATENT",
+    "MODELS",
+    "OBS",
+    "PPCA",
+    "VAE",
+    "BernoulliDecoder",
+    "ContinuousBernoulliDecoder",
+    "GaussianDecoder",
+    "data_plate",
+    "decoder_net",
+]

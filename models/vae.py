@@ -1,0 +1,66 @@
+"""The VAE model: a standard normal prior and a decoder likelihood."""
+
+import pyro
+import pyro.distributions as dist
+import torch
+from ppvae.models.sites import LATENT, OBS, data_plate
+from pyro.nn import PyroModule
+
+
+class VAE(PyroModule):
+    """The generative model p(z) p_theta(x | z) of a variational autoencoder.
+
+    Parameters
+    ----------
+    decoder : PyroModule
+        Maps z (..., q) to the distribution p(x | z) with event shape (D,); its class picks the
+        likelihood (:class:`~ppvae.models.decoders.BernoulliDecoder`, ...).
+    z_dim : int
+        The latent dimension q.
+    name : str
+        Prefix of the parameter names in Pyro's param store, so that the model's parameters
+        never collide with a guide's.
+
+    Notes
+    -----
+    .. math::
+
+        z_n \\sim \\mathcal{N}(0, I_q), \\qquad x_n \\mid z_n \\sim p_\\theta(x_n \\mid z_n),
+        \\qquad n = 1, \\dots, N.
+
+    The data plate scales a minibatch of B rows by N / B (see
+    :func:`~ppvae.models.sites.data_plate`), so the ELBO of a minibatch estimates the full-data
+    ELBO.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from ppvae.models.decoders import BernoulliDecoder
+    >>> vae = VAE(BernoulliDecoder(nn.Linear(2, 64)), z_dim=2)
+    >>> trace = pyro.poutine.trace(vae).get_trace(torch.zeros(5, 64))
+    >>> trace.nodes["z"]["value"].shape
+    torch.Size([5, 2])
+    """
+
+    def __init__(self, decoder: PyroModule, z_dim: int, *, name: str = "model"):
+        super().__init__(name)
+        self.decoder = decoder
+        self.z_dim = z_dim
+
+    @property
+    def requires_unit_interval(self) -> bool:
+        """Whether the likelihood needs data in [0, 1] (Bernoulli-type decoders)."""
+        return getattr(self.decoder, "requires_unit_interval", False)
+
+    def prior(self, x: torch.Tensor) -> dist.Distribution:
+        """p(z) = N(0, I_q), on the device and dtype of ``x``; batch shape comes from the plate."""
+        loc = x.new_zeros(self.z_dim)
+        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+
+    def forward(
+        self, x: torch.Tensor, idx: torch.Tensor | None = None, num_data: int | None = None
+    ) -> torch.Tensor:
+        """Score a minibatch ``x`` of shape (B, D); ``idx`` and ``num_data`` as in the plate."""
+        with data_plate(x, idx, num_data):
+            z = pyro.sample(LATENT, self.prior(x))
+            return pyro.sample(OBS, self.decoder(z), obs=x)

@@ -1,0 +1,144 @@
+"""Frozen, typed configs with a JSON round trip (the pythae pattern, without string switches).
+
+Names that pick a model, guide, objective or data set are keys of the registries
+(``ppvae.models.MODELS``, ``ppvae.guides.GUIDES``, ``ppvae.objectives.OBJECTIVES``,
+``ppvae.data.DATASETS``); a config only records which key was chosen.
+"""
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+C = TypeVar("C", bound="JsonConfig")
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message says which field and why."""
+
+
+class JsonConfig:
+    """Mixin for frozen dataclasses: ``to_dict``/``from_dict`` and ``save``/``load`` as JSON.
+
+    Nested config fields are rebuilt from their type hints; tuples come back as tuples.
+
+    Examples
+    --------
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True, kw_only=True)
+    ... class Sizes(JsonConfig):
+    ...     hidden: tuple[int, ...] = (400,)
+    >>> Sizes.from_json(Sizes(hidden=(8, 4)).to_json())
+    Sizes(hidden=(8, 4))
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+        kwargs = {name: _coerce(hints[name], value) for name, value in data.items()}
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[C], text: str) -> C:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config as JSON atomically (temporary file, then ``os.replace``)."""
+        atomic_write_text(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def load(cls: type[C], path: str | os.PathLike) -> C:
+        try:
+            return cls.from_json(Path(path).read_text())
+        except (OSError, json.JSONDecodeError, TypeError) as err:
+            raise ConfigError(f"cannot read {cls.__name__} from {path}: {err}") from None
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    if isinstance(hint, type) and issubclass(hint, JsonConfig) and isinstance(value, dict):
+        return hint.from_dict(value)
+    if typing.get_origin(hint) is tuple and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchConfig(JsonConfig):
+    """Sizes of the networks a model or guide is built with.
+
+    Attributes
+    ----------
+    z_dim : int
+        Latent dimension q.
+    hidden : tuple of int
+        Hidden layer sizes of the MLP encoder and decoder (the decoder mirrors them).
+    conv : bool
+        Use the small conv nets instead of MLPs (image data only).
+    rank : int
+        Rank of the low-rank covariance guide.
+    flows : int
+        Number of conditional autoregressive transforms in the flow guide.
+    context_dim : int
+        Size of the per-datapoint context that conditions the flow guide's transforms.
+
+    Examples
+    --------
+    >>> a = ArchConfig(z_dim=2, hidden=(64, 32))
+    >>> ArchConfig.from_json(a.to_json()) == a
+    True
+    """
+
+    z_dim: int = 2
+    hidden: tuple[int, ...] = (400,)
+    conv: bool = False
+    rank: int = 2
+    flows: int = 2
+    context_dim: int = 16
+
+    def __post_init__(self):
+        for name in ("z_dim", "rank", "flows", "context_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if any(h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden sizes must be >= 1, got {self.hidden}")
+
+
+class DataShape(typing.NamedTuple):
+    """What a model or guide builder needs to know about the data.
+
+    Attributes
+    ----------
+    x_dim : int
+        D, the length of a (flattened) example.
+    image_shape : tuple of int or None
+        (C, H, W) for images, None otherwise.
+    num_data : int
+        N, the number of training examples (per-datapoint guides keep N parameter rows).
+    """
+
+    x_dim: int
+    image_shape: tuple[int, ...] | None
+    num_data: int
