@@ -1,0 +1,174 @@
+"""Objectives: which bound is maximised and how its gradient is estimated.
+
+An :class:`Objective` builds a Pyro ELBO and, where the gradient estimator needs it, wraps the
+guide (score-function objectives switch reparameterization off for the latent site). Pick one by
+key from :data:`OBJECTIVES`; swapping is one word on the command line or one line in Python.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyro.infer import (
+    ELBO,
+    JitTrace_ELBO,
+    JitTraceGraph_ELBO,
+    JitTraceMeanField_ELBO,
+    RenyiELBO,
+    Trace_ELBO,
+    TraceGraph_ELBO,
+    TraceMeanField_ELBO,
+)
+from pyro.poutine.messenger import Messenger
+
+from ppvae.models.sites import LATENT
+
+MAX_PLATE_NESTING = 1
+"""Models and guides open one plate (the data plate); particles vectorize to its left."""
+
+
+class ScoreFunctionLatent(Messenger):
+    """Mark the latent site as not reparameterizable, so Pyro uses the score-function
+    (log-derivative, REINFORCE) estimator for it; optionally with a decaying-average baseline
+    (used by ``TraceGraph_ELBO``).
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> def guide():
+    ...     return pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    >>> site = pyro.poutine.trace(ScoreFunctionLatent()(guide)).get_trace().nodes["z"]
+    >>> site["fn"].has_rsample
+    False
+    """
+
+    def __init__(self, baseline: bool = False, baseline_beta: float = 0.9):
+        super().__init__()
+        self.baseline = baseline
+        self.baseline_beta = baseline_beta
+
+    def _pyro_sample(self, msg: dict[str, Any]) -> None:
+        if msg["name"] != LATENT:
+            return
+        _detach_sampling(msg["fn"])
+        if self.baseline:
+            options = {"use_decaying_avg_baseline": True, "baseline_beta": self.baseline_beta}
+            msg["infer"] = {**msg.get("infer", {}), "baseline": options}
+
+
+def _detach_sampling(fn) -> None:
+    """Switch reparameterized sampling off in place. Wrappers (Independent, expanded,
+    transformed) read ``has_rsample`` from their base distribution, so it is set there."""
+    while isinstance(getattr(type(fn), "has_rsample", None), property):
+        fn = fn.base_dist
+    fn.has_rsample_(False)
+
+
+class LatentScale(Messenger):
+    """Multiply the log-densities of the latent site by ``value`` (beta-VAE, KL annealing).
+
+    Applied to both model and guide, it scales log p(z) - log q(z | x), i.e. the KL term; the
+    reconstruction term is untouched. ``value`` may be changed between steps.
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> def model():
+    ...     return pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    >>> pyro.poutine.trace(LatentScale(0.25)(model)).get_trace().nodes["z"]["scale"]
+    0.25
+    """
+
+    def __init__(self, value: float = 1.0):
+        super().__init__()
+        self.value = value
+
+    def _pyro_sample(self, msg: dict[str, Any]) -> None:
+        if msg["name"] == LATENT and self.value != 1.0:
+            msg["scale"] = msg["scale"] * self.value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Objective:
+    """A bound and a gradient estimator.
+
+    Attributes
+    ----------
+    description : str
+        One line for ``--help``.
+    elbo : type of ELBO
+        The Pyro estimator.
+    jit_elbo : type of ELBO or None
+        Its compiled variant, if Pyro has one.
+    reparameterized : bool
+        False: score-function gradient for the latent site.
+    baseline : bool
+        With ``reparameterized=False``: subtract a decaying-average baseline.
+    vectorize : bool
+        Draw the particles in one vectorized pass.
+    options : dict
+        Extra keyword arguments for the estimator (``alpha`` for Renyi).
+
+    Examples
+    --------
+    >>> OBJECTIVES["iwae"].build(num_particles=5)  # doctest: +ELLIPSIS
+    <pyro.infer.renyi_elbo.RenyiELBO object at ...>
+    """
+
+    description: str
+    elbo: type[ELBO]
+    jit_elbo: type[ELBO] | None = None
+    reparameterized: bool = True
+    baseline: bool = False
+    vectorize: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, num_particles: int = 1, jit: bool = False) -> ELBO:
+        """The Pyro ELBO object; raises ValueError if ``jit`` has no compiled variant."""
+        cls = self.jit_elbo if jit else self.elbo
+        if cls is None:
+            raise ValueError(f"{self.elbo.__name__} has no JIT variant; drop --jit")
+        return cls(
+            num_particles=num_particles,
+            vectorize_particles=self.vectorize or num_particles > 1,
+            max_plate_nesting=MAX_PLATE_NESTING,
+            **self.options,
+        )
+
+    def wrap_guide(self, guide):
+        """The guide as this objective needs it (unchanged for reparameterized objectives)."""
+        if self.reparameterized:
+            return guide
+        return ScoreFunctionLatent(baseline=self.baseline)(guide)
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "trace": Objective(
+        description="ELBO with a Monte Carlo KL term, reparameterized (Trace_ELBO)",
+        elbo=Trace_ELBO,
+        jit_elbo=JitTrace_ELBO,
+    ),
+    "mean-field": Objective(
+        description="ELBO with the analytic KL where it exists (TraceMeanField_ELBO)",
+        elbo=TraceMeanField_ELBO,
+        jit_elbo=JitTraceMeanField_ELBO,
+    ),
+    "iwae": Objective(
+        description="importance-weighted bound with K = num_particles (RenyiELBO, alpha=0)",
+        elbo=RenyiELBO,
+        vectorize=True,
+        options={"alpha": 0.0},
+    ),
+    "score": Objective(
+        description="ELBO with score-function (log-derivative) gradients for z, no baseline",
+        elbo=Trace_ELBO,
+        jit_elbo=JitTrace_ELBO,
+        reparameterized=False,
+    ),
+    "score-baseline": Objective(
+        description="score-function gradients with a decaying-average baseline (TraceGraph_ELBO)",
+        elbo=TraceGraph_ELBO,
+        jit_elbo=JitTraceGraph_ELBO,
+        reparameterized=False,
+        baseline=True,
+    ),
+}

@@ -1,0 +1,175 @@
+"""A training run as one config: data, model, guide, sizes and fit settings, saved as JSON.
+
+``RunConfig`` names every choice by registry key, so ``config.json`` rebuilds the same run, and
+:func:`train` writes a run directory: config, history, checkpoint, metrics and pictures.
+"""
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+import torch
+
+from ppvae import plots
+from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig, atomic_write_text
+from ppvae.data import BINARIZATIONS, DATASETS, Dataset, load_dataset
+from ppvae.evaluate import evaluate, generate, posterior_means, reconstruct
+from ppvae.guides import GUIDES
+from ppvae.models import MODELS
+from ppvae.train import FitConfig, FitResult, fit, resolve_device
+
+CONFIG, HISTORY, CHECKPOINT, METRICS = "config.json", "history.csv", "checkpoint.pt", "metrics.csv"
+
+
+def _choose(kind: str, name: str, registry) -> None:
+    if name not in registry:
+        raise ConfigError(f"unknown {kind} '{name}'; choose one of: {', '.join(registry)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(JsonConfig):
+    """Everything that defines a training run.
+
+    Attributes
+    ----------
+    dataset, binarize, data_dir
+        Passed to :func:`ppvae.data.load_dataset` (binarization is seeded by ``fit.seed``).
+    model, guide : str
+        Keys of :data:`ppvae.models.MODELS` and :data:`ppvae.guides.GUIDES`.
+    arch : ArchConfig
+    fit : FitConfig
+    eval_samples : int
+        K, importance samples per test example for log p(x) at the end of training.
+
+    Examples
+    --------
+    >>> run = RunConfig(guide="flow", arch=ArchConfig(z_dim=4))
+    >>> RunConfig.from_json(run.to_json()) == run
+    True
+    """
+
+    dataset: str = "digits"
+    binarize: str = "none"
+    data_dir: str | None = None
+    model: str = "bernoulli"
+    guide: str = "diag"
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    eval_samples: int = 1000
+
+    def __post_init__(self):
+        _choose("dataset", self.dataset, DATASETS)
+        _choose("binarization", self.binarize, BINARIZATIONS)
+        _choose("model", self.model, MODELS)
+        _choose("guide", self.guide, GUIDES)
+        if self.eval_samples < 1:
+            raise ConfigError(f"eval_samples must be >= 1, got {self.eval_samples}")
+
+
+def load_data(run: RunConfig) -> Dataset:
+    """The run's data set."""
+    return load_dataset(
+        run.dataset, data_dir=run.data_dir, binarize=run.binarize, seed=run.fit.seed
+    )
+
+
+def build(run: RunConfig, data: Dataset):
+    """The model and guide of ``run``, sized for ``data``; seeded by ``run.fit.seed``."""
+    torch.manual_seed(run.fit.seed)
+    shape = DataShape(data.train.shape[1], data.image_shape, data.train.shape[0])
+    model = MODELS[run.model](run.arch, shape)
+    return model, GUIDES[run.guide](run.arch, shape, model)
+
+
+class RunResult(NamedTuple):
+    """A finished (or interrupted) run: the fit, the final metrics and the files written."""
+
+    fit: FitResult
+    metrics: pd.DataFrame | None
+    files: list[Path]
+
+
+def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume and not (out / CHECKPOINT).exists():
+        raise ConfigError(f"nothing to resume: {out / CHECKPOINT} does not exist")
+    if not resume and not overwrite and (out / CONFIG).exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume or --overwrite")
+    if overwrite and not resume:
+        (out / CHECKPOINT).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    atomic_write_text(path, frame.to_csv(index=False))
+    return path
+
+
+def _pictures(result: FitResult, data: Dataset, test: torch.Tensor, out: Path) -> list[Path]:
+    files = [plots.elbo_curve(result.history, out / "elbo.png")]
+    model, guide = result.model, result.guide
+    if not getattr(guide, "amortized", True):
+        return files
+    if data.image_shape is not None:
+        x = test[:20]
+        x_hat = reconstruct(model, guide, x)
+        files.append(
+            plots.reconstructions(x, x_hat, data.image_shape, out / "reconstructions.png")
+        )
+        samples = generate(model, test[:100])
+        files.append(plots.image_grid(samples, data.image_shape, out / "samples.png"))
+    z = posterior_means(guide, test)
+    if z.shape[-1] == 2:
+        files.append(plots.latent_scatter(z, data.test_labels, out / "latent.png"))
+    return files
+
+
+def train(
+    run: RunConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> RunResult:
+    """Train ``run`` and write its directory ``out``.
+
+    Files: ``config.json``, ``history.csv`` (rewritten every epoch), ``checkpoint.pt``
+    (every epoch and on Ctrl-C), and when training completes ``metrics.csv`` (test ELBO and
+    importance-sampled log p(x)), ``elbo.png``, ``reconstructions.png``, ``samples.png``, and
+    ``latent.png`` when z is 2-D. Nothing is written until the data, model and guide are built.
+    """
+    out = Path(out)
+    data = load_data(run)
+    model, guide = build(run, data)
+    _prepare_dir(out, resume, overwrite)
+    run.save(out / CONFIG)
+    files = [out / CONFIG, out / CHECKPOINT, out / HISTORY]
+    result = fit(
+        model,
+        guide,
+        data,
+        run.fit,
+        checkpoint=out / CHECKPOINT,
+        resume=resume,
+        progress=progress,
+        on_epoch=lambda h: _write_csv(h, out / HISTORY),
+    )
+    if result.interrupted:
+        return RunResult(result, None, files)
+    test = data.test.to(resolve_device(run.fit.device))
+    metrics = None
+    if getattr(guide, "amortized", True):
+        metrics = evaluate(model, guide, test, num_samples=run.eval_samples)
+        files.append(_write_csv(metrics, out / METRICS))
+    files += _pictures(result, data, test, out)
+    return RunResult(result, metrics, files)
+
+
+def resumed_config(out: str | os.PathLike, epochs: int | None) -> RunConfig:
+    """The config saved in ``out``, with ``epochs`` raised if given (to extend a run)."""
+    run = RunConfig.load(Path(out) / CONFIG)
+    if epochs is None:
+        return run
+    return replace(run, fit=replace(run.fit, epochs=epochs))
