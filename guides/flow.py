@@ -6,6 +6,8 @@ import torch
 from ppvae.guides.amortized import positive
 from torch import nn
 
+from ppvae.config import ConfigError
+
 
 class FlowHead(nn.Module):
     """h = (mu, rho, c) -> law of z_K = f_K(... f_1(z_0; c) ...; c), z_0 ~ N(mu, diag(sigma^2)).
@@ -47,7 +49,7 @@ class FlowHead(nn.Module):
     def __init__(self, z_dim: int, flows: int = 2, context_dim: int = 16, hidden: int = 64):
         super().__init__()
         if z_dim < 2:
-            raise ValueError(f"the flow guide needs z_dim >= 2, got {z_dim}")
+            raise ConfigError(f"the flow guide needs z_dim >= 2, got {z_dim}")
         self.z_dim, self.context_dim = z_dim, context_dim
         self.param_dim = 2 * z_dim + context_dim
         self.transforms = nn.ModuleList(

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ppvae.config import ConfigError
+
 
 class MLP(nn.Sequential):
     """A multilayer perceptron with softplus hidden layers and a linear output.
@@ -44,10 +46,10 @@ class MLP(nn.Sequential):
 
 def _check_image_shape(image_shape: Sequence[int] | None) -> tuple[int, int, int]:
     if image_shape is None or len(image_shape) != 3:
-        raise ValueError(f"conv nets need an image shape (C, H, W), got {image_shape}")
+        raise ConfigError(f"conv nets need an image shape (C, H, W), got {image_shape}")
     c, h, w = image_shape
     if h % 4 or w % 4:
-        raise ValueError(f"conv nets need H and W divisible by 4, got {h}x{w}")
+        raise ConfigError(f"conv nets need H and W divisible by 4, got {h}x{w}")
     return c, h, w
 
 
