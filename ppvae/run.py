@@ -21,6 +21,7 @@ from ppvae.models import MODELS
 from ppvae.train import FitConfig, FitResult, fit, resolve_device
 
 CONFIG, HISTORY, CHECKPOINT, METRICS = "config.json", "history.csv", "checkpoint.pt", "metrics.csv"
+PICTURES = ("elbo.png", "reconstructions.png", "samples.png", "latent.png")
 
 
 def _choose(kind: str, name: str, registry) -> None:
@@ -96,8 +97,9 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> None:
         raise ConfigError(f"nothing to resume: {out / CHECKPOINT} does not exist")
     if not resume and not overwrite and (out / CONFIG).exists():
         raise ConfigError(f"{out} already holds a run; pass --resume or --overwrite")
-    if overwrite and not resume:
-        (out / CHECKPOINT).unlink(missing_ok=True)
+    if overwrite and not resume:  # a stale picture must not pass for this run's
+        for name in (CONFIG, HISTORY, CHECKPOINT, METRICS, *PICTURES):
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -107,22 +109,20 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def _pictures(result: FitResult, data: Dataset, test: torch.Tensor, out: Path) -> list[Path]:
-    files = [plots.elbo_curve(result.history, out / "elbo.png")]
+    """Draw the run's pictures; returns the paths written."""
+    plots.elbo_curve(result.history, out / "elbo.png")
     model, guide = result.model, result.guide
     if not getattr(guide, "amortized", True):
-        return files
+        return [out / "elbo.png"]
     if data.image_shape is not None:
-        x = test[:20]
-        x_hat = reconstruct(model, guide, x)
-        files.append(
-            plots.reconstructions(x, x_hat, data.image_shape, out / "reconstructions.png")
-        )
+        x_hat = reconstruct(model, guide, test[:20])
+        plots.reconstructions(test[:20], x_hat, data.image_shape, out / "reconstructions.png")
         samples = generate(model, test[:100])
-        files.append(plots.image_grid(samples, data.image_shape, out / "samples.png"))
+        plots.image_grid(samples, data.image_shape, out / "samples.png", title="samples")
     z = posterior_means(guide, test)
     if z.shape[-1] == 2:
-        files.append(plots.latent_scatter(z, data.test_labels, out / "latent.png"))
-    return files
+        plots.latent_scatter(z, data.test_labels, out / "latent.png")
+    return [out / n for n in PICTURES if (out / n).exists()]
 
 
 def train(
