@@ -8,6 +8,9 @@ the data plate, so any guide pairs with any model.
 
 from collections.abc import Callable
 
+from torch import nn
+
+from ppvae.config import ArchConfig, ConfigError, DataShape
 from ppvae.guides.amortized import (
     AmortizedGuide,
     DiagonalNormalHead,
@@ -17,9 +20,6 @@ from ppvae.guides.amortized import (
 from ppvae.guides.flow import FlowHead
 from ppvae.guides.local import LocalGuide
 from ppvae.guides.ppca_exact import ExactPPCAGuide
-from torch import nn
-
-from ppvae.config import ArchConfig, ConfigError, DataShape
 from ppvae.nets import MLP, ConvEncoderNet
 
 

@@ -9,9 +9,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from ppvae.models.sites import LATENT, data_plate
 from pyro.nn import PyroModule
 from torch import nn
+
+from ppvae.models.sites import LATENT, data_plate
 
 MIN_SCALE = 1e-5
 """Floor on standard deviations, so that a collapsing scale never gives log(0)."""

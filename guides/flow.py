@@ -3,10 +3,10 @@
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
-from ppvae.guides.amortized import positive
 from torch import nn
 
 from ppvae.config import ConfigError
+from ppvae.guides.amortized import positive
 
 
 class FlowHead(nn.Module):

@@ -4,9 +4,10 @@ import contextlib
 
 import pyro
 import torch
-from ppvae.models.sites import LATENT, data_plate
 from pyro.nn import PyroModule
 from torch import nn
+
+from ppvae.models.sites import LATENT, data_plate
 
 
 class LocalGuide(PyroModule):

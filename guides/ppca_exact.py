@@ -3,11 +3,11 @@
 import pyro
 import pyro.distributions as dist
 import torch
-from ppvae.models.ppca import PPCA
-from ppvae.models.sites import LATENT, data_plate
 from pyro.nn import PyroModule
 
 from ppvae.baselines.ppca import ppca_posterior
+from ppvae.models.ppca import PPCA
+from ppvae.models.sites import LATENT, data_plate
 
 
 class ExactPPCAGuide(PyroModule):

@@ -7,13 +7,13 @@ Each registry entry builds a model from an :class:`~ppvae.config.ArchConfig` and
 from collections.abc import Callable
 
 import torch
+from torch import nn
+
+from ppvae.config import ArchConfig, DataShape
 from ppvae.models.decoders import BernoulliDecoder, ContinuousBernoulliDecoder, GaussianDecoder
 from ppvae.models.ppca import PPCA
 from ppvae.models.sites import DATA, LATENT, OBS, data_plate
 from ppvae.models.vae import VAE
-from torch import nn
-
-from ppvae.config import ArchConfig, DataShape
 from ppvae.nets import MLP, ConvDecoderNet
 
 

@@ -1,9 +1,10 @@
 """Probabilistic PCA as a Pyro model: the linear-Gaussian VAE's decoder."""
 
 import torch
+from torch import nn
+
 from ppvae.models.decoders import GaussianDecoder
 from ppvae.models.vae import VAE
-from torch import nn
 
 LOG_2PI = 1.8378770664093453
 

@@ -3,8 +3,9 @@
 import pyro
 import pyro.distributions as dist
 import torch
-from ppvae.models.sites import LATENT, OBS, data_plate
 from pyro.nn import PyroModule
+
+from ppvae.models.sites import LATENT, OBS, data_plate
 
 
 class VAE(PyroModule):

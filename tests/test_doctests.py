@@ -4,11 +4,11 @@ import doctest
 import importlib
 import pkgutil
 
-import ppvae.guides
-import ppvae.models
 import pytest
 
 import ppvae
+import ppvae.guides
+import ppvae.models
 
 
 def _modules():

@@ -9,15 +9,15 @@ import math
 import pyro
 import pytest
 import torch
-from ppvae.guides import GUIDES
-from ppvae.models import MODELS
-from ppvae.models.sites import LATENT, OBS
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
 from ppvae import check
 from ppvae.config import ArchConfig, DataShape
 from ppvae.data import load_dataset
+from ppvae.guides import GUIDES
+from ppvae.models import MODELS
+from ppvae.models.sites import LATENT, OBS
 
 EXACT_ONLY_WITH = {"ppca-exact": {"ppca"}}
 CONV = {"bernoulli", "gaussian", "gaussian-learned", "continuous-bernoulli"}

@@ -4,14 +4,14 @@ import signal
 
 import pytest
 import torch
-from ppvae.guides import GUIDES
-from ppvae.models import MODELS
 from pyro.infer import SVI
 
 from ppvae import checkpoint as ckpt
 from ppvae.config import ArchConfig, ConfigError, DataShape
 from ppvae.data import DataError, load_dataset
 from ppvae.evaluate import elbo_terms
+from ppvae.guides import GUIDES
+from ppvae.models import MODELS
 from ppvae.train import FitConfig, TrainingError, fit
 from tests.conftest import cuda
 
