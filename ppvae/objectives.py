@@ -57,10 +57,20 @@ class ScoreFunctionLatent(Messenger):
 
 def _detach_sampling(fn) -> None:
     """Switch reparameterized sampling off in place. Wrappers (Independent, expanded,
-    transformed) read ``has_rsample`` from their base distribution, so it is set there."""
+    transformed) read ``has_rsample`` from their base distribution, so it is set there.
+    Outer plates (vectorized particles) expand the distribution after this messenger has run,
+    and an expanded copy is a new instance, so the leaf's ``expand`` passes the switch on."""
     while isinstance(getattr(type(fn), "has_rsample", None), property):
         fn = fn.base_dist
     fn.has_rsample_(False)
+    expand = fn.expand
+
+    def detached_expand(*args, **kwargs):
+        new = expand(*args, **kwargs)
+        _detach_sampling(new)
+        return new
+
+    fn.expand = detached_expand
 
 
 class LatentScale(Messenger):
