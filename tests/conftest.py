@@ -28,4 +28,7 @@ def needs_data(available: bool, what: str):
     pytest.skip(f"{what} not available")
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def cuda(test):
+    """Mark a test as needing CUDA (select them with ``-m cuda``); skipped without a device."""
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+    return pytest.mark.cuda(skip(test))
