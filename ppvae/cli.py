@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ppvae.checker import ModelGuideError
+from ppvae.compare import add_compare
 from ppvae.config import ArchConfig, ConfigError
 from ppvae.data import BINARIZATIONS, DATASETS, DataError
+from ppvae.diagnostics import add_gradients
 from ppvae.guides import GUIDES
 from ppvae.models import MODELS
 from ppvae.objectives import OBJECTIVES
@@ -193,7 +195,7 @@ def add_train(sub) -> None:
     p.set_defaults(func=_train)
 
 
-SUBCOMMANDS = [add_train]
+SUBCOMMANDS = [add_train, add_gradients, add_compare]
 
 
 def parser() -> argparse.ArgumentParser:

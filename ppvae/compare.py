@@ -1,0 +1,405 @@
+"""One table that puts PPCA, its EM fits and VAEs on the same scale: test log p(x) per example.
+
+``compare(config)`` fits, on one dataset and split, every method in :data:`METHODS`:
+
+- ``ppca``: closed-form maximum-likelihood PPCA (Tipping & Bishop 1999);
+- ``ppca-em``: the same model fitted by EM from a random start;
+- ``mppca``: a mixture of PPCA fitted by EM;
+- ``ppca-svi``: the PPCA Pyro model trained by SVI with the *exact* posterior as guide, so the
+  ELBO is log p(x) and SVI is maximum likelihood by stochastic gradients (the linear guide is
+  the next row's job);
+- ``linear-vae``: the PPCA Pyro model with an amortized linear mean-field guide (Lucas et al.
+  2019), trained by SVI;
+- ``vae``: a nonlinear VAE, an MLP decoder with a learned per-pixel Gaussian likelihood and an
+  MLP mean-field guide.
+
+How the numbers are made comparable
+-----------------------------------
+PPCA is a density on continuous data, so every method is scored as a density on the same
+continuous data, and the VAEs use Gaussian likelihoods. Pixel data in [0, 1] with ``L`` grey
+levels is uniformly dequantized once, with a seeded generator, before any fitting:
+``x = (k + u) / L`` with ``k`` the grey level and ``u ~ U[0, 1)`` (:func:`ppvae.data.dequantize`);
+``L = 256`` for (Fashion-)MNIST, ``(x * 255 + u) / 256``, and ``L = 17`` for scikit-learn's
+digits, whose pixels are 0..16 (so ``(x * 16 + u) / 17``). Synthetic PPCA data is already
+continuous and is used as is. Bits per dimension rescale the density to the integer grid
+(:func:`ppvae.evaluate.bits_per_dim` with ``levels=L``), the usual convention for pixels.
+
+``log_px`` is exact for the PPCA family (closed-form marginal, standard error 0) and
+importance-sampled with the guide as proposal for the VAEs (:func:`ppvae.evaluate.log_likelihood`,
+K = ``eval_samples``), with its Monte Carlo standard error. ``elbo`` is the test ELBO where a
+method has one (NaN for the closed form and the EM fits); with the exact posterior it equals
+log p(x). ``fit_seconds`` times the fit only, not the evaluation.
+"""
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ppvae.baselines import EMPPCA, PPCA, MixturePPCA, ppca_log_prob
+from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig, atomic_write_text
+from ppvae.data import DATASETS, DataError, dequantize, load_dataset
+from ppvae.evaluate import bits_per_dim, elbo_terms, log_likelihood
+from ppvae.guides import GUIDES
+from ppvae.models import MODELS
+from ppvae.train import FitConfig, fit, resolve_device
+
+LEVELS: dict[str, int] = {"digits": 17, "fashion-mnist": 256, "mnist": 256}
+"""Grey levels of each pixel dataset; datasets not listed are continuous already."""
+
+COLUMNS = ["method", "log_px", "log_px_stderr", "estimator", "elbo", "bits_per_dim", "fit_seconds"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareConfig(JsonConfig):
+    """What to compare on.
+
+    Attributes
+    ----------
+    dataset, data_dir
+        Passed to :func:`ppvae.data.load_dataset`.
+    z_dim : int
+        Latent dimension q of every method (and of each mixture component).
+    components : int
+        Components of the mixture of PPCA.
+    hidden : tuple of int
+        Hidden sizes of the nonlinear VAE's MLPs.
+    epochs, batch_size, lr
+        SVI settings shared by the three Pyro rows. (A learning rate of 1e-2 speeds up the
+        PPCA-model rows but made the nonlinear VAE diverge on full Fashion-MNIST.)
+    em_tol, em_max_iter
+        Stopping rule of both EM fits (``em_tol`` in nats per example per iteration).
+    eval_samples : int
+        K, importance samples per test example for the VAEs' log p(x).
+    elbo_samples : int
+        Monte Carlo samples per test example for the nonlinear VAE's ELBO.
+    train_size, test_size : int or None
+        Score a seeded random subset of this many rows (None: the whole split).
+    seed : int
+        Seeds the subsets, the dequantization noise, every initialisation and SVI.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Examples
+    --------
+    >>> CompareConfig(z_dim=5, epochs=3).components
+    4
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    z_dim: int = 10
+    components: int = 4
+    hidden: tuple[int, ...] = (256,)
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 3e-3
+    em_tol: float = 1e-7
+    em_max_iter: int = 1000
+    eval_samples: int = 1000
+    elbo_samples: int = 100
+    train_size: int | None = None
+    test_size: int | None = None
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            choices = ", ".join(DATASETS)
+            raise ConfigError(f"unknown dataset '{self.dataset}'; choose one of: {choices}")
+        for name in ("z_dim", "components", "epochs", "batch_size", "em_max_iter"):
+            _at_least(self, name, 1)
+        for name in ("eval_samples", "elbo_samples"):
+            _at_least(self, name, 1)
+        for name in ("train_size", "test_size"):
+            if getattr(self, name) is not None:
+                _at_least(self, name, 2)
+        if not (self.lr > 0 and self.em_tol > 0):
+            raise ConfigError(f"lr and em_tol must be > 0, got {self.lr} and {self.em_tol}")
+        if any(h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden sizes must be >= 1, got {self.hidden}")
+        resolve_device(self.device, check_available=False)
+
+
+def _at_least(config, name: str, low: int) -> None:
+    if getattr(config, name) < low:
+        raise ConfigError(f"{name} must be >= {low}, got {getattr(config, name)}")
+
+
+class Split(NamedTuple):
+    """The continuous train and test data every method sees.
+
+    Attributes
+    ----------
+    train, test : Tensor
+        (N, D) and (M, D) float64 on the comparison's device.
+    levels : int or None
+        Grey levels undone by the dequantization (None for continuous data).
+    image_shape : tuple of int or None
+    """
+
+    train: Tensor
+    test: Tensor
+    levels: int | None
+    image_shape: tuple[int, ...] | None
+
+
+class Row(NamedTuple):
+    """One method's scores on the test split, per example in nats."""
+
+    log_px: float
+    log_px_stderr: float
+    estimator: str
+    elbo: float
+    fit_seconds: float
+
+
+def _subset(x: Tensor, size: int | None, generator: torch.Generator) -> Tensor:
+    if size is None or size >= len(x):
+        return x
+    return x[torch.randperm(len(x), generator=generator)[:size]]
+
+
+def prepare(config: CompareConfig) -> Split:
+    """Load, subsample and dequantize the data; raise ConfigError if ``z_dim`` does not fit."""
+    data = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    g = torch.Generator().manual_seed(config.seed)
+    train = _subset(data.train, config.train_size, g)
+    test = _subset(data.test, config.test_size, g)
+    levels = LEVELS.get(config.dataset)
+    if levels is not None:
+        train, test = (dequantize(x.double(), g, levels) for x in (train, test))
+    if not config.z_dim < train.shape[1]:
+        dim = train.shape[1]
+        raise ConfigError(f"z_dim must be < the data dimension {dim}, got {config.z_dim}")
+    if not config.z_dim < len(train):
+        raise ConfigError(f"z_dim must be < the number of training rows {len(train)}")
+    device = resolve_device(config.device)
+    return Split(train.double().to(device), test.double().to(device), levels, data.image_shape)
+
+
+def _timed(fn: Callable):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def _exact(log_px: Tensor, seconds: float, elbo: float = math.nan) -> Row:
+    return Row(log_px.mean().item(), 0.0, "exact", elbo, seconds)
+
+
+def ppca_closed_form(split: Split, config: CompareConfig) -> Row:
+    """PPCA, closed-form maximum likelihood (eigendecomposition of the covariance)."""
+    model, seconds = _timed(lambda: PPCA(config.z_dim).fit(split.train))
+    return _exact(model.log_prob(split.test), seconds)
+
+
+def ppca_em(split: Split, config: CompareConfig) -> Row:
+    """PPCA fitted by EM from a random start."""
+    em = EMPPCA(config.z_dim, max_iter=config.em_max_iter, tol=config.em_tol, seed=config.seed)
+    model, seconds = _timed(lambda: em.fit(split.train))
+    return _exact(model.log_prob(split.test), seconds)
+
+
+def mixture_ppca(split: Split, config: CompareConfig) -> Row:
+    """Mixture of PPCA (K components of dimension z_dim), EM from a k-means++ start."""
+    mixture = MixturePPCA(
+        config.components, config.z_dim, max_iter=config.em_max_iter, tol=config.em_tol,
+        seed=config.seed,
+    )  # fmt: skip
+    model, seconds = _timed(lambda: mixture.fit(split.train))
+    return _exact(model.log_prob(split.test), seconds)
+
+
+def _svi(model_key: str, guide_key: str, split: Split, config: CompareConfig):
+    """Build a model and guide by registry key and train them by SVI on the float32 data."""
+    torch.manual_seed(config.seed)
+    arch = ArchConfig(z_dim=config.z_dim, hidden=config.hidden)
+    shape = DataShape(split.train.shape[1], split.image_shape, split.train.shape[0])
+    model = MODELS[model_key](arch, shape)
+    guide = GUIDES[guide_key](arch, shape, model)
+    fit_config = FitConfig(
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+        device=str(split.train.device),
+    )  # fmt: skip
+    result, seconds = _timed(
+        lambda: fit(model, guide, split.train.float(), fit_config, progress=False)
+    )
+    if result.interrupted:  # Ctrl-C: stop the comparison rather than score a half-trained row
+        raise KeyboardInterrupt
+    return model, guide, seconds
+
+
+@torch.no_grad()
+def _analytic_elbo(model, guide, x: Tensor) -> float:
+    return model.analytic_elbo(x, guide.encode(x)).mean().item()
+
+
+def ppca_svi(split: Split, config: CompareConfig) -> Row:
+    """The PPCA Pyro model by SVI with the exact posterior guide (ELBO = log p(x))."""
+    model, guide, seconds = _svi("ppca", "ppca-exact", split, config)
+    with torch.no_grad():
+        params = (p.double() for p in (model.W, model.mu, model.sigma2))
+        log_px = ppca_log_prob(split.test, *params)
+    return _exact(log_px, seconds, elbo=_analytic_elbo(model, guide, split.test.float()))
+
+
+def _sampled(model, guide, split: Split, config: CompareConfig, elbo: float, seconds) -> Row:
+    ll = log_likelihood(model, guide, split.test.float(), num_samples=config.eval_samples)
+    stderr = (ll.stderr.double().square().sum().sqrt() / len(ll.stderr)).item()
+    return Row(ll.log_px.double().mean().item(), stderr, f"IS K={ll.num_samples}", elbo, seconds)
+
+
+def linear_vae(split: Split, config: CompareConfig) -> Row:
+    """The PPCA Pyro model with a linear mean-field guide by SVI: the linear VAE."""
+    model, guide, seconds = _svi("ppca", "linear", split, config)
+    elbo = _analytic_elbo(model, guide, split.test.float())
+    return _sampled(model, guide, split, config, elbo, seconds)
+
+
+def nonlinear_vae(split: Split, config: CompareConfig) -> Row:
+    """MLP decoder with a learned per-pixel Gaussian likelihood, MLP mean-field guide."""
+    model, guide, seconds = _svi("gaussian-learned", "diag", split, config)
+    terms = elbo_terms(model, guide, split.test.float(), num_samples=config.elbo_samples)
+    return _sampled(model, guide, split, config, terms.elbo.double().mean().item(), seconds)
+
+
+METHODS: dict[str, Callable[[Split, CompareConfig], Row]] = {
+    "ppca": ppca_closed_form,
+    "ppca-em": ppca_em,
+    "mppca": mixture_ppca,
+    "ppca-svi": ppca_svi,
+    "linear-vae": linear_vae,
+    "vae": nonlinear_vae,
+}
+
+
+def compare(
+    config: CompareConfig, *, split: Split | None = None, progress: bool | None = None
+) -> pd.DataFrame:
+    """Fit every method of :data:`METHODS` on one dataset and score it on the test split.
+
+    Parameters
+    ----------
+    config : CompareConfig
+    split : Split, optional
+        The data as :func:`prepare` returns it for ``config`` (prepared here if not given).
+    progress : bool, optional
+        A progress bar over the methods; by default only when stderr is a terminal.
+
+    Returns
+    -------
+    DataFrame
+        One row per method, columns :data:`COLUMNS`: ``log_px``, ``log_px_stderr`` and
+        ``elbo`` in nats per test example, ``bits_per_dim`` from ``log_px``, ``fit_seconds``.
+    """
+    split = prepare(config) if split is None else split
+    shown = sys.stderr.isatty() if progress is None else progress
+    rows = []
+    for name, method in (bar := tqdm(METHODS.items(), disable=not shown, unit="method")):
+        bar.set_postfix_str(name)
+        row = _score(name, method, split, config)
+        bpd = bits_per_dim(row.log_px, split.train.shape[1], split.levels)
+        rows.append({"method": name, **row._asdict(), "bits_per_dim": bpd})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _score(name: str, method: Callable, split: Split, config: CompareConfig) -> Row:
+    try:
+        return method(split, config)
+    except (ConfigError, DataError):
+        raise
+    except ValueError as err:  # a baseline refusing the data, e.g. too few rows per component
+        raise ConfigError(f"{name}: {err}") from err
+
+
+def caption(config: CompareConfig, split: Split) -> str:
+    """One line stating the data, the dequantization and the settings behind a table."""
+    dequant = f"uniformly dequantized ({split.levels} levels)" if split.levels else "continuous"
+    return (
+        f"{config.dataset}, {dequant}, train/test {len(split.train)}/{len(split.test)} rows; "
+        f"z_dim={config.z_dim}, mixture K={config.components}, VAE hidden={list(config.hidden)}, "
+        f"SVI {config.epochs} epochs (batch {config.batch_size}, lr {config.lr}), "
+        f"EM tol {config.em_tol} (at most {config.em_max_iter} iterations), "
+        f"IS K={config.eval_samples}, seed {config.seed}. "
+        f"log p(x) and ELBO in nats per test example; fit_seconds on {split.train.device.type}."
+    )
+
+
+def to_markdown(frame: pd.DataFrame, title: str) -> str:
+    """The table as markdown under a caption, with a legend from the methods' docstrings."""
+    shown = frame.astype(object).where(frame.notna(), None)  # tabulate prints None as n/a
+    table = shown.to_markdown(index=False, floatfmt=".3f", missingval="n/a")
+    legend = "\n".join(
+        f"- `{k}`: {(f.__doc__ or '').strip().splitlines()[0]}" for k, f in METHODS.items()
+    )
+    return f"{title}\n\n{table}\n\n{legend}\n"
+
+
+def write(frame: pd.DataFrame, out: str | Path, title: str, stem: str = "compare") -> list[Path]:
+    """Write ``<out>/<stem>.csv`` and ``<out>/<stem>.md`` atomically; returns their paths."""
+    out = Path(out)
+    csv, md = out / f"{stem}.csv", out / f"{stem}.md"
+    texts = {csv: frame.to_csv(index=False), md: to_markdown(frame, title)}
+    out.mkdir(parents=True, exist_ok=True)
+    for path, text in texts.items():
+        atomic_write_text(path, text)
+    return list(texts)
+
+
+def _run(args) -> int:
+    config = CompareConfig(
+        dataset=args.dataset, data_dir=args.data_dir, z_dim=args.z_dim,
+        components=args.components, hidden=tuple(args.hidden), epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, em_tol=args.em_tol, em_max_iter=args.em_max_iter,
+        eval_samples=args.eval_samples, elbo_samples=args.elbo_samples,
+        train_size=args.train_size, test_size=args.test_size, seed=args.seed, device=args.device,
+    )  # fmt: skip
+    split = prepare(config)
+    frame = compare(config, split=split)
+    title = caption(config, split)
+    paths = write(frame, args.out, title, args.stem)
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def add_compare(sub) -> None:
+    """Register ``ppvae compare`` on the CLI's subparsers."""
+    c = CompareConfig()
+    p = sub.add_parser(
+        "compare",
+        help="fit PPCA, EM, mixture of PPCA and VAEs on one dataset; write one table",
+        description="Fit closed-form PPCA, PPCA-EM, a mixture of PPCA, PPCA by SVI, a linear "
+        "VAE and a nonlinear VAE on one dataset and split, and score all of them by test "
+        "log p(x) on the same uniformly dequantized data. Writes <out>/<stem>.csv and .md.",
+    )
+    p.add_argument("--dataset", default=c.dataset, choices=list(DATASETS))
+    p.add_argument("--data-dir", help="root holding the dataset files (see ppvae train)")
+    p.add_argument("--z-dim", type=int, default=c.z_dim, help="latent dimension (%(default)s)")
+    p.add_argument("--components", type=int, default=c.components, help="mixture components")
+    p.add_argument("--hidden", type=int, nargs="+", default=list(c.hidden), help="VAE MLP sizes")
+    p.add_argument("--epochs", type=int, default=c.epochs, help="SVI epochs (%(default)s)")
+    p.add_argument("--batch-size", type=int, default=c.batch_size)
+    p.add_argument("--lr", type=float, default=c.lr, help="Adam learning rate (%(default)s)")
+    p.add_argument("--em-tol", type=float, default=c.em_tol, help="EM tolerance, nats/example")
+    p.add_argument("--em-max-iter", type=int, default=c.em_max_iter)
+    p.add_argument(
+        "--eval-samples", type=int, default=c.eval_samples, help="K for the VAEs' log p(x)"
+    )
+    p.add_argument("--elbo-samples", type=int, default=c.elbo_samples)
+    p.add_argument("--train-size", type=int, help="score a random subset of the training rows")
+    p.add_argument("--test-size", type=int, help="score a random subset of the test rows")
+    p.add_argument("--seed", type=int, default=c.seed)
+    p.add_argument("--device", default=c.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", default="runs/compare", help="output folder (%(default)s)")
+    p.add_argument("--stem", default="compare", help="file name stem (%(default)s)")
+    p.set_defaults(func=_run)

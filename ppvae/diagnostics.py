@@ -1,0 +1,376 @@
+"""Gradient-estimator diagnostics: the log-derivative trick against reparameterization.
+
+For a fixed model, guide and minibatch, :func:`gradient_estimates` draws many estimates of the
+ELBO's gradient with respect to the guide's parameters, once per estimator (an objective of
+:data:`~ppvae.objectives.OBJECTIVES`), and keeps their running mean and variance per
+coordinate. :func:`gradient_table` summarises them per parameter group, :func:`gradient_plot`
+draws them, and ``ppvae gradients`` does all three from the command line.
+"""
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+import pyro
+import torch
+from matplotlib.figure import Figure
+
+from ppvae.config import ConfigError, atomic_write_text
+from ppvae.objectives import OBJECTIVES
+from ppvae.plots import save
+
+TABLE_COLUMNS = [
+    "estimator",
+    "group",
+    "num_params",
+    "num_estimates",
+    "mean_norm",
+    "total_variance",
+    "snr",
+    "coordinate_snr",
+]
+
+
+class GradientMoments(NamedTuple):
+    """Per-coordinate moments of one estimator's gradient estimates.
+
+    Attributes
+    ----------
+    count : int
+        M, the number of estimates.
+    mean : dict of str to Tensor
+        Sample mean of the ELBO gradient for each named guide parameter (its shape), float64.
+    var : dict of str to Tensor
+        Unbiased sample variance of each coordinate (the same shapes), float64.
+    """
+
+    count: int
+    mean: dict[str, torch.Tensor]
+    var: dict[str, torch.Tensor]
+
+
+def _guide_params(guide) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in guide.named_parameters() if p.requires_grad}
+
+
+def _one_estimate(elbo, model, guide, params, args, kwargs) -> dict[str, torch.Tensor]:
+    """One gradient of the ELBO (minus the loss's) w.r.t. ``params``, as float64 tensors."""
+    for p in params.values():
+        p.grad = None
+    elbo.loss_and_grads(model, guide, *args, **kwargs)
+    return {
+        n: torch.zeros_like(p, dtype=torch.float64) if p.grad is None else -p.grad.double()
+        for n, p in params.items()
+    }
+
+
+def _moments(draw: Callable[[], dict[str, torch.Tensor]], count: int) -> GradientMoments:
+    """Welford's running mean and variance of ``count`` draws."""
+    mean: dict[str, torch.Tensor] = {}
+    m2: dict[str, torch.Tensor] = {}
+    for k in range(1, count + 1):
+        for n, g in draw().items():
+            if k == 1:
+                mean[n], m2[n] = g.clone(), torch.zeros_like(g)
+                continue
+            delta = g - mean[n]
+            mean[n] += delta / k
+            m2[n] += delta * (g - mean[n])
+    var = {n: v / max(count - 1, 1) for n, v in m2.items()}
+    return GradientMoments(count, mean, var)
+
+
+def _estimator_moments(key, model, guide, args, kwargs, num_estimates, warmup, num_particles):
+    objective = OBJECTIVES[key]
+    elbo = objective.build(num_particles)
+    wrapped = objective.wrap_guide(guide)
+    params = _guide_params(guide)
+    with pyro.get_param_store().scope():  # the decaying-average baseline lives here
+
+        def draw():
+            return _one_estimate(elbo, model, wrapped, params, args, kwargs)
+
+        for _ in range(warmup if objective.baseline else 0):
+            draw()
+        return _moments(draw, num_estimates)
+
+
+def gradient_estimates(
+    model,
+    guide,
+    x: torch.Tensor,
+    *,
+    idx: torch.Tensor | None = None,
+    num_data: int | None = None,
+    objectives: Sequence[str] = ("trace", "score", "score-baseline"),
+    num_estimates: int = 100,
+    warmup: int = 50,
+    num_particles: int = 1,
+    seed: int = 0,
+) -> dict[str, GradientMoments]:
+    """Many gradient estimates of the ELBO w.r.t. the guide's parameters, per estimator.
+
+    Parameters
+    ----------
+    model, guide
+        A model and a guide (a ``torch.nn.Module``) with the signature ``(x, idx, num_data)``.
+    x : Tensor, shape (B, D)
+        The fixed minibatch.
+    idx, num_data
+        As in :func:`~ppvae.models.sites.data_plate`; by default the gradient is that of the
+        ELBO summed over the B rows.
+    objectives : sequence of str
+        Keys of :data:`~ppvae.objectives.OBJECTIVES`, one estimator each.
+    num_estimates : int
+        M, estimates per estimator, each from ``num_particles`` samples of z per example.
+    warmup : int
+        Estimates drawn and discarded first by estimators with a decaying-average baseline,
+        so that the baseline has settled at the running mean of this minibatch's cost
+        (it starts at zero, i.e. no baseline) before anything is recorded.
+    seed : int
+        Seeds Pyro and torch before each estimator, so every estimator sees the same stream.
+
+    Returns
+    -------
+    dict of str to GradientMoments
+        Keyed by objective. Model parameters do not move; their gradients are discarded.
+    """
+    _check_estimates(objectives, num_estimates, warmup)
+    args, kwargs = (x, idx), {"num_data": num_data}
+    result = {}
+    for key in objectives:
+        pyro.set_rng_seed(seed)
+        result[key] = _estimator_moments(
+            key, model, guide, args, kwargs, num_estimates, warmup, num_particles
+        )
+    for p in _all_params(model, guide):
+        p.grad = None
+    return result
+
+
+def _all_params(*modules):
+    return [p for m in modules if isinstance(m, torch.nn.Module) for p in m.parameters()]
+
+
+def _check_estimates(objectives: Sequence[str], num_estimates: int, warmup: int) -> None:
+    unknown = [k for k in objectives if k not in OBJECTIVES]
+    if unknown:
+        raise ConfigError(
+            f"unknown objective(s) {', '.join(unknown)}; choose from: {', '.join(OBJECTIVES)}"
+        )
+    if num_estimates < 2:
+        raise ConfigError(
+            f"num_estimates must be >= 2 to estimate a variance, got {num_estimates}"
+        )
+    if warmup < 0:
+        raise ConfigError(f"warmup must be >= 0, got {warmup}")
+
+
+def top_level(name: str) -> str:
+    """Group a parameter by its first name component: ``net.0.weight`` -> ``net``."""
+    return name.split(".")[0]
+
+
+def _summary(estimator: str, group: str, count: int, mean, var) -> dict[str, object]:
+    total_var = var.sum().item()
+    sd = var.sqrt()
+    nonzero = sd > 0
+    coord = (mean.abs()[nonzero] / sd[nonzero]).mean().item() if nonzero.any() else math.nan
+    mean_norm = mean.norm().item()
+    return {
+        "estimator": estimator,
+        "group": group,
+        "num_params": mean.numel(),
+        "num_estimates": count,
+        "mean_norm": mean_norm,
+        "total_variance": total_var,
+        "snr": mean_norm / math.sqrt(total_var) if total_var > 0 else math.nan,
+        "coordinate_snr": coord,
+    }
+
+
+def gradient_table(
+    moments: dict[str, GradientMoments], *, group: Callable[[str], str] = top_level
+) -> pd.DataFrame:
+    """Mean, variance and signal-to-noise ratio of each estimator, per group and in total.
+
+    Parameters
+    ----------
+    moments : dict of str to GradientMoments
+        From :func:`gradient_estimates`.
+    group : callable
+        Parameter name to group name (default: the first component, e.g. ``net``, ``head``).
+
+    Returns
+    -------
+    DataFrame
+        Columns :data:`TABLE_COLUMNS`, one row per estimator and group plus a ``total`` row:
+        ``mean_norm`` = ||g_bar|| (the norm of the mean gradient), ``total_variance`` = the
+        trace of the covariance of one estimate, ``snr`` = ||g_bar|| / sqrt(total_variance),
+        and ``coordinate_snr`` = the mean over coordinates of |g_bar_i| / sd_i.
+    """
+    rows = []
+    for key, m in moments.items():
+        groups: dict[str, list[str]] = {}
+        for name in m.mean:
+            groups.setdefault(group(name), []).append(name)
+        for g, names in [*groups.items(), ("total", list(m.mean))]:
+            mean = torch.cat([m.mean[n].flatten() for n in names])
+            var = torch.cat([m.var[n].flatten() for n in names])
+            rows.append(_summary(key, g, m.count, mean, var))
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def gradient_plot(table: pd.DataFrame, path=None) -> Figure:
+    """Bar charts of total variance and SNR per estimator (bars) and group (clusters)."""
+    groups = list(dict.fromkeys(table["group"]))
+    estimators = list(dict.fromkeys(table["estimator"]))
+    fig = Figure(figsize=(4 + 1.2 * len(groups), 3.5))
+    axes = fig.subplots(1, 2)
+    width = 0.8 / len(estimators)
+    for i, est in enumerate(estimators):
+        rows = table[table["estimator"] == est].set_index("group").reindex(groups)
+        positions = [j + i * width for j in range(len(groups))]
+        axes[0].bar(positions, rows["total_variance"], width, label=est)
+        axes[1].bar(positions, rows["snr"], width, label=est)
+    for ax, label in zip(axes, ("total variance", "SNR  ||mean|| / sqrt(total var)"), strict=True):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], groups)
+        ax.set_yscale("log")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize="small")
+    fig.suptitle("ELBO gradient w.r.t. the guide's parameters")
+    return save(fig, path)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """The table as GitHub markdown, numbers to 4 significant digits."""
+    return table.to_markdown(index=False, floatfmt=".4g") + "\n"
+
+
+def _build_pair(args: argparse.Namespace, data):
+    from ppvae.cli import arch_config
+    from ppvae.config import DataShape
+    from ppvae.guides import GUIDES
+    from ppvae.models import MODELS
+
+    arch = arch_config(args)
+    shape = DataShape(data.train.shape[1], data.image_shape, data.train.shape[0])
+    model = MODELS[args.model](arch, shape)
+    guide = GUIDES[args.guide](arch, shape, model)
+    if not _guide_params(guide):
+        raise ConfigError(f"the guide '{args.guide}' has no parameters to take gradients of")
+    return model, guide
+
+
+def _at_realistic_point(args: argparse.Namespace, data, model, guide) -> torch.Tensor:
+    """Train briefly if asked (``fit`` checks the pair), and return the fixed minibatch."""
+    from ppvae.checker import check
+    from ppvae.train import FitConfig, fit, resolve_device
+
+    device = resolve_device(args.device)
+    b = min(args.batch_size, data.train.shape[0])
+    if args.train_epochs:
+        config = FitConfig(
+            epochs=args.train_epochs, batch_size=b, seed=args.seed, device=args.device
+        )
+        fit(model, guide, data, config, progress=False)
+    for m in (model, guide):
+        m.to(device)
+    x = data.train[:b].to(device)
+    check(model, guide, x, idx=torch.arange(b, device=device), objective="trace")
+    return x
+
+
+def _gradients(args: argparse.Namespace) -> int:
+    from ppvae.data import load_dataset
+
+    if args.batch_size < 1 or args.train_epochs < 0:
+        raise ConfigError("batch-size must be >= 1 and train-epochs >= 0")
+    _check_estimates(args.objectives, args.num_estimates, args.warmup)
+    data = load_dataset(
+        args.dataset, data_dir=args.data_dir, binarize=args.binarize, seed=args.seed
+    )
+    model, guide = _build_pair(args, data)
+    x = _at_realistic_point(args, data, model, guide)
+    moments = gradient_estimates(
+        model,
+        guide,
+        x,
+        idx=torch.arange(x.shape[0], device=x.device),
+        objectives=args.objectives,
+        num_estimates=args.num_estimates,
+        warmup=args.warmup,
+        seed=args.seed,
+    )
+    table = gradient_table(moments)
+    files = write_outputs(table, Path(args.out))
+    print(to_markdown(table[table["group"] == "total"]), end="")
+    print(f"outputs in {args.out}/: " + ", ".join(f.name for f in files))
+    return 0
+
+
+def add_gradients(sub) -> None:
+    """Register ``ppvae gradients``."""
+    from ppvae.cli import _describe, add_arch_args, add_data_args
+    from ppvae.guides import GUIDES
+    from ppvae.models import MODELS
+
+    p = sub.add_parser(
+        "gradients",
+        help="compare gradient estimators (reparameterized, score function, baseline)",
+        description="Draw many estimates of the ELBO gradient w.r.t. the guide's parameters "
+        "on one fixed minibatch, per estimator, and write gradients.csv, gradients.md and "
+        "gradients.png to --out: mean norm, total variance and signal-to-noise ratio per "
+        "parameter group.",
+    )
+    add_data_args(p)
+    g = p.add_argument_group("model and guide")
+    g.add_argument("--model", default="bernoulli", choices=list(MODELS), help=_describe(MODELS))
+    g.add_argument("--guide", default="diag", choices=list(GUIDES), help=_describe(GUIDES))
+    add_arch_args(p)
+    _add_estimate_args(p)
+    p.set_defaults(func=_gradients)
+
+
+def _add_estimate_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("estimates")
+    g.add_argument(
+        "--objectives",
+        nargs="+",
+        default=["trace", "score", "score-baseline"],
+        choices=list(OBJECTIVES),
+        help="the estimators to compare (default: %(default)s)",
+    )
+    g.add_argument("--num-estimates", type=int, default=200, help="(default: %(default)s)")
+    g.add_argument(
+        "--warmup", type=int, default=50, help="estimates discarded to settle a baseline"
+    )
+    g.add_argument("--batch-size", type=int, default=64, help="the fixed minibatch's size")
+    g.add_argument(
+        "--train-epochs",
+        type=int,
+        default=0,
+        help="first train the pair this many epochs, so gradients are taken at a realistic "
+        "point (default: 0, at initialization)",
+    )
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
+    g.add_argument("--out", default="runs/gradients", help="output directory")
+
+
+def write_outputs(table: pd.DataFrame, out: Path) -> list[Path]:
+    """Write gradients.csv, gradients.md and gradients.png to ``out``, each atomically.
+
+    Everything is rendered before the first file is written, so an error leaves ``out`` as
+    it was.
+    """
+    csv, md, fig = table.to_csv(index=False), to_markdown(table), gradient_plot(table)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "gradients.csv", csv)
+    atomic_write_text(out / "gradients.md", md)
+    save(fig, out / "gradients.png")
+    return [out / f"gradients.{ext}" for ext in ("csv", "md", "png")]
