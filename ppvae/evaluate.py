@@ -6,6 +6,7 @@ vectorized over samples and examples by repeating rows, and chunked so memory st
 """
 
 import math
+import sys
 from typing import NamedTuple
 
 import pandas as pd
@@ -14,6 +15,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch.distributions import kl_divergence
+from tqdm.auto import tqdm
 
 from ppvae.models.sites import LATENT, OBS
 
@@ -153,6 +155,7 @@ def log_likelihood(
     *,
     num_samples: int = 1000,
     idx: torch.Tensor | None = None,
+    progress: bool | None = None,
 ) -> LogLikelihood:
     """Importance-sampled log p(x) with the guide as proposal (Burda et al. 2016).
 
@@ -161,6 +164,8 @@ def log_likelihood(
     The estimate is a stochastic lower bound that rises with K towards log p(x). Samples and
     examples are processed in chunks of at most :data:`MAX_ROWS` rows, so K = 5000 fits in
     memory on CPU or GPU.
+
+    ``progress`` shows a bar over the chunks of examples (default: only on a terminal).
 
     Returns
     -------
@@ -172,7 +177,9 @@ def log_likelihood(
     log_px, stderr = [], []
     log_k = math.log(num_samples)
     with pyro.get_param_store().scope():
-        for rows in _row_chunks(x.shape[0], min(num_samples, MAX_ROWS)):
+        chunks = _row_chunks(x.shape[0], min(num_samples, MAX_ROWS))
+        shown = sys.stderr.isatty() if progress is None else progress
+        for rows in tqdm(chunks, desc=f"log p(x), K={num_samples}", disable=not shown):
             sub = None if idx is None else idx[rows]
             lse1, lse2 = _streamed_log_moments(model, guide, x[rows], sub, num_samples)
             rel_var = (lse2 - 2 * lse1 + log_k).exp() - 1  # Var[w] / mean(w)^2
