@@ -163,7 +163,7 @@ def _train(args) -> int:
     if result.metrics is not None:
         m = result.metrics.iloc[0]
         k = int(m.num_samples)
-        print(f"test log p(x) ~ {m.log_px:.2f} +- {m.log_px_stderr:.2f} nats (K={k})")
+        print(f"test log p(x) ~ {m.log_px:.2f} +- {m.log_px_stderr:.3f} nats (K={k})")
     print(f"outputs in {out}/: " + ", ".join(sorted({p.name for p in result.files})))
     return 0
 
