@@ -33,7 +33,9 @@ def _run(fn, who: str, args, kwargs):
         with pyro.get_param_store().scope():
             return poutine.trace(fn).get_trace(*args, **kwargs), None
     except Exception as err:  # any failure of user code becomes a readable problem
-        return None, f"the {who} failed on a batch of shape {tuple(args[0].shape)}: {err}"
+        # Pyro appends a multi-line dump of trace shapes; the first line says what went wrong
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return None, f"the {who} failed on a batch of shape {tuple(args[0].shape)}: {first}"
 
 
 def _site_problems(model_sites, guide_sites) -> list[str]:
@@ -86,12 +88,26 @@ def _plate_problems(model_sites, guide_sites) -> list[str]:
         ]
     for name in sorted(set(model_sites) & set(guide_sites)):
         m, g = _plate(model_sites[name]), _plate(guide_sites[name])
-        if m is not None and g is not None and m.size != g.size:
-            problems.append(
-                f"site '{name}': the data plate has size {m.size} in the model but {g.size} in "
-                "the guide: pass the same idx and num_data to both"
-            )
+        if m is not None and g is not None:
+            problems += _plate_size_problems(name, m, g)
     return problems
+
+
+def _plate_size_problems(name: str, m, g) -> list[str]:
+    """The minibatch sizes, then the data-set sizes (the N of the N / B scaling), must agree."""
+    if m.size != g.size:
+        return [
+            f"site '{name}': the data plate has size {m.size} in the model but {g.size} in "
+            "the guide: pass the same idx and num_data to both"
+        ]
+    m_full, g_full = m.full_size or m.size, g.full_size or g.size
+    if m_full != g_full:
+        return [
+            f"site '{name}': the data plate covers {m_full} examples in the model but {g_full} "
+            "in the guide, so their log-densities are scaled differently: open the plate with "
+            "the num_data that fit passes, e.g. `with data_plate(x, idx, num_data):`"
+        ]
+    return []
 
 
 def _seen_params(*traces) -> set[int]:

@@ -89,6 +89,17 @@ def test_missing_data_plate(model, x):
     assert "wrap it in `with data_plate(x, idx, num_data):`" in msg
 
 
+def test_plate_data_size_mismatch(model, x):
+    def guide(x, idx=None, num_data=None):
+        with pyro.plate(DATA, 3 * B, subsample=idx):  # ignores num_data
+            pyro.sample(LATENT, normal(x))
+
+    idx = torch.arange(B)
+    msg = only(problems(model, guide, x, idx=idx, num_data=2 * B))
+    assert f"covers {2 * B} examples in the model but {3 * B} in the guide" in msg
+    assert "open the plate with the num_data that fit passes" in msg
+
+
 def test_plate_size_mismatch(model, x):
     def guide(x, idx=None, num_data=None):
         with pyro.plate(DATA, B, subsample=torch.arange(B // 2)):
@@ -132,6 +143,7 @@ def test_a_failing_guide_is_reported_with_the_batch_shape(model, x):
 
     msg = only(problems(model, guide, x))
     assert msg.startswith(f"the guide failed on a batch of shape {(B, D)}: boom")
+    assert "\n" not in msg  # Pyro's trace-shape dump is dropped: one line on the CLI
 
 
 def test_check_raises_with_every_problem_and_fit_runs_it(model, x):
