@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 from torch.distributions import MultivariateNormal
 
 from ppvae.baselines import (
@@ -20,17 +19,6 @@ from ppvae.baselines import (
 
 F64 = torch.float64
 D, Q, N = 10, 2, 2000
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny: a second OpenMP thread only adds synchronisation, which costs
-    whole scheduler slices when the 2 cores are busy with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):  # numpy's BLAS, used by scikit-learn
-        yield
-    torch.set_num_threads(threads)
 
 
 def seeded(seed: int) -> torch.Generator:

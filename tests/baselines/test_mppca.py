@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
-from threadpoolctl import threadpool_limits
 from torch.distributions import MultivariateNormal
 
 from ppvae.baselines import MixturePPCA, NotFittedError, ppca_log_prob, ppca_mle, ppca_sample
@@ -13,17 +12,6 @@ from ppvae.baselines import MixturePPCA, NotFittedError, ppca_log_prob, ppca_mle
 F64 = torch.float64
 K, D, Q, PER = 3, 5, 1, 300
 TRUE_MEANS = 10 * torch.eye(D, dtype=F64)[:K]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny: a second OpenMP thread only adds synchronisation, which costs
-    whole scheduler slices when the 2 cores are busy with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):  # numpy's BLAS, used by scikit-learn
-        yield
-    torch.set_num_threads(threads)
 
 
 def seeded(seed: int) -> torch.Generator:

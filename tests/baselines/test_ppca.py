@@ -7,7 +7,6 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
-from threadpoolctl import threadpool_limits
 from torch.distributions import MultivariateNormal
 
 from ppvae.baselines import (
@@ -22,17 +21,6 @@ from ppvae.baselines import (
 
 F64 = torch.float64
 no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny: a second OpenMP thread only adds synchronisation, which costs
-    whole scheduler slices when the 2 cores are busy with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):  # numpy's BLAS, used by scikit-learn
-        yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
