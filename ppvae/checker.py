@@ -3,54 +3,81 @@
 Pyro reports a mismatched pair late and obscurely (a broadcasting error deep in an ELBO, or
 parameters that silently never train). :func:`check` runs one trace of each on a batch and
 explains each problem with what to change. :func:`~ppvae.train.fit` runs it before training.
+Any Pyro pair can be checked, in either calling convention (:mod:`ppvae.pairs`); sites are
+read from the traces, and the one convention is a plate over the examples (``"data"`` unless
+``plate`` names another).
 """
 
 from typing import Any
 
-import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
-from ppvae.models.sites import DATA
 from ppvae.objectives import OBJECTIVES
+from ppvae.pairs import (
+    DEFAULT_PLATE,
+    batched,
+    claim_parameters,
+    data_frame,
+    param_tensors,
+    sample_sites,
+)
 
 
 class ModelGuideError(ValueError):
     """The model and guide cannot be trained together; the message lists what to change."""
 
 
-def _sample_sites(trace) -> dict[str, dict[str, Any]]:
-    return {
-        name: s
-        for name, s in trace.nodes.items()
-        if s["type"] == "sample" and not site_is_subsample(s)
-    }
+def _first_line(err: BaseException) -> str:
+    # Pyro appends a multi-line dump of trace shapes; the first line says what went wrong
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def _run(fn, who: str, args, kwargs):
+def _run(fn, who: str, args):
     try:
-        with pyro.get_param_store().scope():
-            return poutine.trace(fn).get_trace(*args, **kwargs), None
+        return poutine.trace(fn).get_trace(*args), None
     except Exception as err:  # any failure of user code becomes a readable problem
-        # Pyro appends a multi-line dump of trace shapes; the first line says what went wrong
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        return None, f"the {who} failed on a batch of shape {tuple(args[0].shape)}: {first}"
+        return (
+            None,
+            f"the {who} failed on a batch of shape {tuple(args[0].shape)}: {_first_line(err)}",
+        )
 
 
-def _site_problems(model_sites, guide_sites) -> list[str]:
-    latent = {n for n, s in model_sites.items() if not s["is_observed"]}
+def _is_discrete(site) -> bool:
+    return bool(getattr(site["fn"].support, "is_discrete", False))
+
+
+def _unguided_problem(name: str, site, enumerates: bool) -> str:
+    if not _is_discrete(site):
+        return (
+            f"the model's latent site '{name}' has no guide site: the guide must sample '{name}'"
+        )
+    if not site["infer"].get("enumerate"):
+        return (
+            f"the model's latent site '{name}' is discrete and the guide does not sample it: "
+            f"sum it out by enumeration; mark it pyro.sample('{name}', ..., "
+            "infer={'enumerate': 'parallel'}) and choose objective 'enum'"
+        )
+    if not enumerates:
+        return (
+            f"the model enumerates its discrete latent site '{name}', but the objective does "
+            "not sum it out: choose objective 'enum' (TraceEnum_ELBO)"
+        )
+    return ""
+
+
+def _site_problems(model_sites, guide_sites, objective: str) -> list[str]:
+    latent = {n: s for n, s in model_sites.items() if not s["is_observed"]}
     problems = [
         f"the guide samples '{n}' but the model has no latent site '{n}': rename it to one of "
         f"the model's latent sites ({', '.join(sorted(latent)) or 'none'}) or remove it"
-        for n in sorted(set(guide_sites) - latent)
+        for n in sorted(set(guide_sites) - set(latent))
     ]
+    enumerates = OBJECTIVES[objective].enumerates
     problems += [
-        f"the model's latent site '{n}' has no guide site: the guide must sample '{n}' "
-        "(import the name from ppvae.models.sites instead of retyping it)"
-        for n in sorted(latent - set(guide_sites))
+        _unguided_problem(n, latent[n], enumerates) for n in sorted(set(latent) - set(guide_sites))
     ]
-    return problems
+    return [p for p in problems if p]
 
 
 def _shape_problems(model_sites, guide_sites) -> list[str]:
@@ -73,69 +100,180 @@ def _shape_problems(model_sites, guide_sites) -> list[str]:
     return problems
 
 
-def _plate(site):
-    return next((f for f in site["cond_indep_stack"] if f.name == DATA), None)
+def _plate_names(sites) -> dict[str, int]:
+    return {f.name: f.size for s in sites.values() for f in s["cond_indep_stack"]}
 
 
-def _plate_problems(model_sites, guide_sites) -> list[str]:
-    problems = []
-    for who, sites in (("model", model_sites), ("guide", guide_sites)):
-        problems += [
-            f"the {who} samples '{n}' outside the data plate, so minibatches are not scaled to "
-            f"the data set: wrap it in `with data_plate(x, idx, num_data):` (ppvae.models.sites)"
-            for n, s in sites.items()
-            if _plate(s) is None
+def _missing_plate_problems(model_sites, plate: str) -> list[str]:
+    plates = _plate_names(model_sites)
+    if plate in plates:
+        return []
+    if not plates:
+        return [
+            f"the model opens no plate over the examples: wrap its per-example sites in "
+            f"`with pyro.plate('{plate}', x.shape[0]):`"
         ]
+    named = ", ".join(f"'{n}' (size {s})" for n, s in plates.items())
+    return [
+        f"the model opens no plate named '{plate}' (its plates: {named}): name the plate over "
+        f"the examples '{plate}', or pass its name (FitConfig(plate=...), "
+        "evaluate(..., plate=...))"
+    ]
+
+
+def _placement_problems(model_sites, guide_sites, plate: str) -> list[str]:
+    problems = [
+        f"the model observes '{n}' outside the data plate, so a minibatch is scored as one "
+        f"example and is not scaled to the data set: observe it inside "
+        f"`with pyro.plate('{plate}', x.shape[0]):`"
+        for n, s in model_sites.items()
+        if s["is_observed"] and data_frame(s, plate) is None
+    ]
     for name in sorted(set(model_sites) & set(guide_sites)):
-        m, g = _plate(model_sites[name]), _plate(guide_sites[name])
-        if m is not None and g is not None:
-            problems += _plate_size_problems(name, m, g)
+        in_model = data_frame(model_sites[name], plate) is not None
+        if in_model != (data_frame(guide_sites[name], plate) is not None):
+            who, other = ("guide", "model") if in_model else ("model", "guide")
+            problems.append(
+                f"the {who} samples '{name}' outside the data plate but the {other} inside it, "
+                f"so their log-densities are scaled differently: wrap it in "
+                f"`with pyro.plate('{plate}', x.shape[0]):` in both (ppvae's own "
+                "models use `with data_plate(x, idx, num_data):`)"
+            )
     return problems
 
 
-def _plate_size_problems(name: str, m, g) -> list[str]:
-    """The minibatch sizes, then the data-set sizes (the N of the N / B scaling), must agree."""
-    if m.size != g.size:
-        return [
-            f"site '{name}': the data plate has size {m.size} in the model but {g.size} in "
-            "the guide: pass the same idx and num_data to both"
-        ]
-    m_full, g_full = m.full_size or m.size, g.full_size or g.size
-    if m_full != g_full:
-        return [
-            f"site '{name}': the data plate covers {m_full} examples in the model but {g_full} "
-            "in the guide, so their log-densities are scaled differently: open the plate with "
-            "the num_data that fit passes, e.g. `with data_plate(x, idx, num_data):`"
-        ]
-    return []
+def _covered(frame, rows: int, num_data: int | None) -> int:
+    """How many examples a plate frame stands for once ppvae has scaled it."""
+    if frame.full_size == frame.size == rows and num_data is not None:
+        return num_data
+    return frame.full_size or frame.size
 
 
-def _seen_params(*traces) -> set[int]:
-    seen = set()
-    for trace in traces:
-        for site in trace.nodes.values():
-            if site["type"] == "param":
-                value = site["value"]
-                unconstrained = getattr(value, "unconstrained", None)
-                seen.add(id(unconstrained() if unconstrained else value))
-    return seen
-
-
-def _param_problems(model, guide, traces) -> list[str]:
-    seen = _seen_params(*traces)
+def _size_problems(model_sites, guide_sites, plate: str, rows: int, num_data) -> list[str]:
     problems = []
+    for name in sorted(set(model_sites) & set(guide_sites)):
+        m, g = data_frame(model_sites[name], plate), data_frame(guide_sites[name], plate)
+        if m is None or g is None:
+            continue
+        if m.size != g.size:
+            return [
+                f"site '{name}': the data plate has size {m.size} in the model but {g.size} in "
+                "the guide: pass the same idx and num_data to both"
+            ]
+        m_full, g_full = _covered(m, rows, num_data), _covered(g, rows, num_data)
+        if m_full != g_full:
+            return [
+                f"site '{name}': the data plate covers {m_full} examples in the model but "
+                f"{g_full} in the guide, so their log-densities are scaled differently: open "
+                "the plate with the num_data that fit passes, e.g. `with data_plate(x, idx, "
+                "num_data):`, or size it by the batch, `pyro.plate('data', x.shape[0])`"
+            ]
+    for site in model_sites.values():
+        frame = data_frame(site, plate)
+        if frame is not None and frame.size == frame.full_size and frame.size != rows:
+            return [
+                f"the plate '{plate}' has size {frame.size} in the model but the batch has "
+                f"{rows} rows: size it by the batch, `pyro.plate('{plate}', x.shape[0])`"
+            ]
+    return problems
+
+
+def _likelihood_problems(model_sites) -> list[str]:
+    problems = []
+    for name, site in model_sites.items():
+        if not site["is_observed"]:
+            continue
+        try:
+            site["fn"].log_prob(site["value"])
+        except (ValueError, RuntimeError) as err:
+            fn = type(getattr(site["fn"], "base_dist", site["fn"])).__name__
+            problems.append(
+                f"the model cannot score the data at its observed site '{name}' ({fn}): "
+                f"{_first_line(err)}. For grey levels in [0, 1] binarize the data "
+                "(--binarize static or dynamic), or choose a likelihood whose support holds "
+                "them (ContinuousBernoulli, a Gaussian)"
+            )
+    return problems
+
+
+def _module_problems(model, guide, seen: set[int]) -> tuple[list[str], set[int]]:
+    problems, covered = [], set()
     for who, obj in (("model", model), ("guide", guide)):
         if not isinstance(obj, torch.nn.Module):
             continue
-        hidden = [n for n, p in obj.named_parameters() if p.requires_grad and id(p) not in seen]
+        hidden = [
+            (n, p) for n, p in obj.named_parameters() if p.requires_grad and id(p) not in seen
+        ]
         if hidden:
-            names = ", ".join(hidden[:4]) + (", ..." if len(hidden) > 4 else "")
+            names = ", ".join(n for n, _ in hidden[:4]) + (", ..." if len(hidden) > 4 else "")
+            covered |= {id(p) for _, p in hidden}
             problems.append(
                 f"the {who} has parameters that Pyro never sees ({names}), so SVI would not "
                 f"train them: make the {who} a pyro.nn.PyroModule, or call "
                 f"pyro.module('{who}', self) at the top of its forward"
             )
-    return problems
+    return problems, covered
+
+
+def _graph_leaves(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The leaf tensors that require grad and that ``tensor`` was computed from."""
+    stack, seen, leaves = [tensor.grad_fn], set(), []
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if getattr(fn, "variable", None) is not None:
+            leaves.append(fn.variable)
+        stack.extend(f for f, _ in fn.next_functions)
+    return leaves
+
+
+def _log_density(*traces) -> torch.Tensor | None:
+    total = None
+    for trace in traces:
+        for site in sample_sites(trace).values():
+            lp = site["fn"].log_prob(site["value"]).sum()
+            total = lp if total is None else total + lp
+    return total
+
+
+def _unseen_problems(traces, seen: set[int], covered: set[int]) -> list[str]:
+    """Trainable tensors the pair computes with but never shows Pyro (a network called without
+    pyro.module, or one whose name the param store already holds from an earlier model)."""
+    try:
+        total = _log_density(*traces)
+    except (ValueError, RuntimeError):
+        return []  # reported by the likelihood check
+    if total is None or total.grad_fn is None:
+        return []
+    leaves = _graph_leaves(total)
+    hidden = [t for t in leaves if t.requires_grad and id(t) not in seen | covered]
+    if not hidden:
+        return []
+    shapes = ", ".join(str(tuple(t.shape)) for t in hidden[:4]) + (
+        ", ..." if len(hidden) > 4 else ""
+    )
+    stale = sorted(n for n, t in param_tensors(*traces).items() if id(t) not in map(id, leaves))
+    why = (
+        f"; the param store already holds {', '.join(stale[:3])} from an earlier model, so Pyro "
+        "optimizes those stored tensors instead: call pyro.clear_param_store() before building a "
+        "new model"
+        if stale
+        else ": register each network with pyro.module('name', net) at the top of the model or "
+        "guide, or make it a pyro.nn.PyroModule"
+    )
+    return [
+        f"the pair computes with {len(hidden)} trainable tensor(s) that Pyro never sees (shapes "
+        f"{shapes}), so SVI would not train them{why}"
+    ]
+
+
+def _param_problems(model, guide, traces) -> list[str]:
+    seen = {id(t) for t in param_tensors(*traces).values()}
+    problems, covered = _module_problems(model, guide, seen)
+    with torch.enable_grad():
+        return problems + _unseen_problems(traces, seen, covered)
 
 
 def _reparam_problems(guide_sites, objective: str) -> list[str]:
@@ -147,7 +285,7 @@ def _reparam_problems(guide_sites, objective: str) -> list[str]:
         "silently become a score-function estimate; choose objective 'score' or "
         "'score-baseline', or a distribution with rsample"
         for n, s in guide_sites.items()
-        if not s["fn"].has_rsample
+        if not s["fn"].has_rsample and not _is_discrete(s)
     ]
 
 
@@ -159,30 +297,42 @@ def problems(
     idx: torch.Tensor | None = None,
     num_data: int | None = None,
     objective: str = "trace",
+    plate: str = DEFAULT_PLATE,
 ) -> list[str]:
     """Everything that stops ``model`` and ``guide`` from training together on batch ``x``.
+
+    The model and guide may be written ``f(x)`` (Pyro's convention) or
+    ``f(x, idx=None, num_data=None)`` (ppvae's); see :mod:`ppvae.pairs`. Tracing them registers
+    their parameters in Pyro's param store, as the first SVI step would.
 
     Returns
     -------
     list of str
         One sentence per problem, each saying what to change; empty when the pair is sound.
     """
-    args, kwargs = (x, idx), {"num_data": num_data}
-    guide_trace, guide_error = _run(guide, "guide", args, kwargs)
-    model_trace, model_error = _run(model, "model", args, kwargs)
+    args = (x, idx, num_data)
+    calls = batched(model, plate), batched(guide, plate)
+    claim_parameters(*calls, x, idx)
+    guide_trace, guide_error = _run(calls[1], "guide", args)
+    model_trace, model_error = _run(calls[0], "model", args)
     if guide_error or model_error:
         return [e for e in (guide_error, model_error) if e]
-    model_sites, guide_sites = _sample_sites(model_trace), _sample_sites(guide_trace)
+    model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
+    found = _missing_plate_problems(model_sites, plate)
+    if found:
+        return found + _likelihood_problems(model_sites)
     return (
-        _site_problems(model_sites, guide_sites)
+        _site_problems(model_sites, guide_sites, objective)
         + _shape_problems(model_sites, guide_sites)
-        + _plate_problems(model_sites, guide_sites)
+        + _placement_problems(model_sites, guide_sites, plate)
+        + _size_problems(model_sites, guide_sites, plate, x.shape[0], num_data)
+        + _likelihood_problems(model_sites)
         + _param_problems(model, guide, (model_trace, guide_trace))
         + _reparam_problems(guide_sites, objective)
     )
 
 
-def check(model, guide, x: torch.Tensor, **kwargs) -> None:
+def check(model, guide, x: torch.Tensor, **kwargs: Any) -> None:
     """Raise :class:`ModelGuideError` listing every problem :func:`problems` finds.
 
     Examples

@@ -58,13 +58,35 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def restore_free_params(saved: dict[str, Any]) -> None:
-    """Put back the param-store entries that belong to no module (function guides, baselines).
+def restore_params(saved: dict[str, Any], like: torch.Tensor) -> None:
+    """Put saved param-store values back (``saved`` from ``ParamStoreDict.get_state()``).
 
-    Module parameters come back through ``load_state_dict``; re-inserting them here would
-    hand Pyro a second tensor under the same name.
+    A name the store already holds is copied into the tensor there, in place: that tensor is
+    what the networks compute with and what the optimizer steps (for ``pyro.module`` and
+    ``PyroModule`` it *is* the network's weight), so its identity, device and dtype are kept.
+    A name the store lacks (a value created during training, such as a score-function
+    baseline) is inserted as a new leaf on ``like``'s device, floating point in its dtype.
+
+    Raises
+    ------
+    ValueError
+        When a saved value's shape differs from the one in the store.
     """
     store = pyro.get_param_store()
-    params = {k: v for k, v in saved["params"].items() if k not in store}
-    constraints = {k: saved["constraints"][k] for k in params}
-    store.set_state({"params": params, "constraints": constraints})
+    current = store.get_state()["params"]
+    fresh = {}
+    for name, value in saved["params"].items():
+        target = current.get(name)
+        if target is None:
+            dtype = like.dtype if value.is_floating_point() else value.dtype
+            fresh[name] = value.detach().to(like.device, dtype).requires_grad_()
+        elif target.shape != value.shape:
+            raise ValueError(
+                f"the checkpoint's parameter '{name}' has shape {tuple(value.shape)} but the "
+                f"model's has {tuple(target.shape)}: it was written for another architecture"
+            )
+        else:
+            with torch.no_grad():
+                target.copy_(value)
+    constraints = {k: saved["constraints"][k] for k in fresh}
+    store.set_state({"params": fresh, "constraints": constraints})

@@ -1,8 +1,17 @@
-"""Honest evaluation: per-example ELBO with its terms, importance-sampled log p(x), active units.
+"""Honest evaluation of any model and guide: per-example ELBO and its terms, importance-sampled
+log p(x), active units.
 
 Everything here is exact arithmetic on Pyro traces: the guide is traced, the model is replayed
-against it, and the log-densities are read per example (no plate scaling, no beta). Work is
-vectorized over samples and examples by repeating rows, and chunked so memory stays bounded.
+against it, and each site's log-density is summed to one value per example (no plate scaling,
+no beta; masks are kept). Sites are found in the traces, whatever their names: the model's
+latent sites inside the plate over examples are local, those outside are global; its observed
+sites inside the plate are the data. Latent sites the model enumerates are summed out exactly.
+
+Global latents (a parameter with a prior, say) are drawn from the guide, so per-example numbers
+are conditional on them: log p(x) is the posterior-predictive estimate
+``log E_{q(theta)} E_{q(z | x, theta)} [p(x, z | theta) / q(z | x, theta)]``, each importance
+sample with its own draw of theta. Work is vectorized over samples and examples by repeating rows
+(one trace per sample when there are global latents), and chunked so memory stays bounded.
 """
 
 import math
@@ -10,14 +19,23 @@ import sys
 from typing import NamedTuple
 
 import pandas as pd
-import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
-from ppvae.models.sites import LATENT, OBS
+from ppvae.data import validate_data
+from ppvae.pairs import (
+    DEFAULT_PLATE,
+    Structure,
+    batched,
+    claim_parameters,
+    data_frame,
+    probe,
+    run_pair,
+)
 
 MAX_ROWS = 1 << 15
 """Rows (examples x samples) pushed through a model and guide at once."""
@@ -43,12 +61,6 @@ class LogLikelihood(NamedTuple):
     num_samples: int
 
 
-def _traces(model, guide, x: torch.Tensor, idx: torch.Tensor | None):
-    guide_trace = poutine.trace(guide).get_trace(x, idx)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, idx)
-    return model_trace.nodes, guide_trace.nodes
-
-
 def analytic_kl(q: dist.Distribution, p: dist.Distribution) -> torch.Tensor | None:
     """KL(q || p) in closed form, or None where no formula is registered (flows, say).
 
@@ -67,23 +79,117 @@ def analytic_kl(q: dist.Distribution, p: dist.Distribution) -> torch.Tensor | No
         return None
 
 
-def _chunk_terms(model, guide, x, idx, num_samples: int, use_analytic_kl: bool) -> ElboTerms:
-    B = x.shape[0]
-    rep_idx = None if idx is None else idx.repeat(num_samples)
-    nodes_m, nodes_g = _traces(model, guide, x.repeat(num_samples, 1), rep_idx)
-    q, z = nodes_g[LATENT]["fn"], nodes_g[LATENT]["value"]
-    p = nodes_m[LATENT]["fn"]
-    rec = nodes_m[OBS]["fn"].log_prob(nodes_m[OBS]["value"])
-    kl = analytic_kl(q, p) if use_analytic_kl else None
-    if kl is None:
-        kl = q.log_prob(z) - p.log_prob(z)
-    rec, kl = rec.reshape(num_samples, B).mean(0), kl.reshape(num_samples, B).mean(0)
-    return ElboTerms(rec - kl, rec, kl)
+def _per_row(log_prob: torch.Tensor, dim: int | None, nesting: int) -> torch.Tensor:
+    """Sum a log-density over every plate dimension but the examples' (``dim``); shape
+    (enum..., R), or (enum..., 1) outside the plate. Enumeration dims stay on the left."""
+    lp = log_prob.reshape((1,) * max(0, nesting - log_prob.dim()) + log_prob.shape)
+    if nesting == 0:
+        return lp.unsqueeze(-1)
+    plates = [lp.dim() + k for k in range(-nesting, 0) if k != dim]
+    if plates:
+        lp = lp.sum(plates, keepdim=True)
+    return lp.reshape(*lp.shape[: lp.dim() - nesting], -1)
+
+
+def _site_rows(site, plate: str, nesting: int) -> torch.Tensor:
+    lp = site["fn"].log_prob(site["value"])
+    if site["mask"] is not None:
+        lp = scale_and_mask(lp, mask=site["mask"])
+    frame = data_frame(site, plate)
+    return _per_row(lp, None if frame is None else frame.dim, nesting)
+
+
+def _joint(sites, plate: str, nesting: int) -> torch.Tensor:
+    """Sum of the sites' per-row log-densities with enumerated dimensions summed out: (R,).
+
+    No sites give a 0-d zero, which broadcasts."""
+    if not sites:
+        return torch.zeros(())
+    total = sum(_site_rows(s, plate, nesting) for s in sites)
+    return total.reshape(-1, total.shape[-1]).logsumexp(0)
+
+
+class _Pair(NamedTuple):
+    """A model and guide called ``(x, idx, num_data)`` and what they sample."""
+
+    model: object
+    guide: object
+    structure: Structure
+    plate: str
+
+    def traces(self, x, idx, copies: int):
+        """One trace of each on ``copies`` stacked copies of the rows of ``x``."""
+        rep_idx = None if idx is None else idx.repeat(copies)
+        st = self.structure
+        enum = st.max_plate_nesting if st.enumerated else None
+        return run_pair(self.model, self.guide, x.repeat(copies, 1), rep_idx, enumerate_at=enum)
+
+    def sites(self, model_trace, guide_trace):
+        """(the model's local latent sites, its observed sites, the guide's local sites)."""
+        st, m, g = self.structure, model_trace.nodes, guide_trace.nodes
+        latent = [m[n] for n in (*st.local_latents, *st.enumerated)]
+        observed = [m[n] for n in st.observed if data_frame(m[n], self.plate) is not None]
+        local = [g[n] for n in st.local_latents if n in g]
+        return latent, observed, local
+
+    def log_weights(self, model_trace, guide_trace) -> torch.Tensor:
+        """log p(x, z) - log q(z | x) per row, enumerated sites summed out: (R,)."""
+        latent, observed, local = self.sites(model_trace, guide_trace)
+        n = self.structure.max_plate_nesting
+        return _joint(latent + observed, self.plate, n) - _joint(local, self.plate, n)
+
+    def terms(self, model_trace, guide_trace, analytic: bool):
+        """(reconstruction, KL) per row: E log p(x | z) and log q(z | x) - log p(z) (or the
+        analytic KL where every local site has one and nothing is enumerated)."""
+        latent, observed, local = self.sites(model_trace, guide_trace)
+        n = self.structure.max_plate_nesting
+        log_pz = _joint(latent, self.plate, n)
+        rec = _joint(latent + observed, self.plate, n) - log_pz
+        kl = self._analytic_kl(model_trace, guide_trace) if analytic else None
+        if kl is None:
+            kl = _joint(local, self.plate, n) - log_pz
+        return rec, kl
+
+    def _analytic_kl(self, model_trace, guide_trace) -> torch.Tensor | None:
+        if self.structure.enumerated:
+            return None
+        total = 0.0
+        for name in self.structure.local_latents:
+            p, q = model_trace.nodes[name], guide_trace.nodes.get(name)
+            kl = None if q is None else analytic_kl(q["fn"], p["fn"])
+            if kl is None or p["mask"] is not None:
+                return None
+            nesting = self.structure.max_plate_nesting
+            total = total + _per_row(kl, data_frame(p, self.plate).dim, nesting)
+        return total
+
+
+def _pair(model, guide, x, idx, plate: str) -> _Pair:
+    model, guide = batched(model, plate), batched(guide, plate)
+    claim_parameters(model, guide, x, idx)
+    return _Pair(model, guide, probe(model, guide, x, idx, plate), plate)
+
+
+def _draws(pair: _Pair, x, idx, k: int, fn) -> list[torch.Tensor]:
+    """``fn(model_trace, guide_trace)`` on ``k`` draws of the latents for each row of ``x``:
+    per-row tensors of shape (k, B). One trace for all draws unless there are global latents."""
+    copies = 1 if pair.structure.global_latents else k
+    parts = []
+    for _ in range(k // copies):
+        out = fn(*pair.traces(x, idx, copies))
+        out = out if isinstance(out, tuple) else (out,)
+        parts.append([t.reshape(copies, x.shape[0]) for t in out])
+    return [torch.cat(column) for column in zip(*parts, strict=True)]
 
 
 def _row_chunks(n: int, per_row: int):
     step = max(1, MAX_ROWS // max(per_row, 1))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _checked(x, model) -> None:
+    unit = getattr(model, "requires_unit_interval", False)
+    validate_data(x, unit_interval=unit, what="evaluation data")
 
 
 @torch.no_grad()
@@ -95,12 +201,13 @@ def elbo_terms(
     idx: torch.Tensor | None = None,
     num_samples: int = 1,
     analytic: bool = True,
+    plate: str = DEFAULT_PLATE,
 ) -> ElboTerms:
     """The ELBO of each row of ``x`` and its reconstruction / KL split.
 
     Parameters
     ----------
-    model, guide : callables with signature (x, idx=None, num_data=None)
+    model, guide : callables, ``f(x)`` (Pyro's convention) or ``f(x, idx=None, num_data=None)``
     x : Tensor, shape (N, D)
     idx : LongTensor, shape (N,), optional
         Row numbers of ``x`` in the training set (needed by per-datapoint guides).
@@ -108,40 +215,33 @@ def elbo_terms(
         Monte Carlo samples of z per example for the reconstruction (and for the KL where it
         has no closed form).
     analytic : bool
-        Use the closed-form KL where one exists.
+        Use the closed-form KL where every local latent site has one.
+    plate : str
+        The name of the plate over examples.
 
     Returns
     -------
     ElboTerms
-        Three tensors of shape (N,), in nats.
+        Three tensors of shape (N,), in nats. With enumerated discrete latents, the
+        reconstruction is log p(x | z) with them summed out and the KL is log q(z|x) - log p(z).
     """
+    _checked(x, model)
+    pair = _pair(model, guide, x, idx, plate)
     parts = []
-    with pyro.get_param_store().scope():
-        for rows in _row_chunks(x.shape[0], num_samples):
-            sub = None if idx is None else idx[rows]
-            parts.append(_chunk_terms(model, guide, x[rows], sub, num_samples, analytic))
-    return ElboTerms(*(torch.cat(t) for t in zip(*parts, strict=True)))
+    for rows in _row_chunks(x.shape[0], num_samples):
+        sub = None if idx is None else idx[rows]
+        rec, kl = _draws(pair, x[rows], sub, num_samples, lambda m, g: pair.terms(m, g, analytic))
+        parts.append((rec.mean(0), kl.mean(0)))
+    rec, kl = (torch.cat(t) for t in zip(*parts, strict=True))
+    return ElboTerms(rec - kl, rec, kl)
 
 
-def _log_weights(model, guide, x, idx, k: int) -> torch.Tensor:
-    """log p(x, z_k) - log q(z_k | x), shape (k, B)."""
-    rep_idx = None if idx is None else idx.repeat(k)
-    nodes_m, nodes_g = _traces(model, guide, x.repeat(k, 1), rep_idx)
-    z = nodes_g[LATENT]["value"]
-    log_w = (
-        nodes_m[OBS]["fn"].log_prob(nodes_m[OBS]["value"])
-        + nodes_m[LATENT]["fn"].log_prob(z)
-        - nodes_g[LATENT]["fn"].log_prob(z)
-    )
-    return log_w.reshape(k, x.shape[0])
-
-
-def _streamed_log_moments(model, guide, x, idx, num_samples: int):
+def _streamed_log_moments(pair: _Pair, x, idx, num_samples: int):
     """Running logsumexp of w and of w^2 over chunks of samples, each of shape (B,)."""
     k_step = max(1, min(num_samples, MAX_ROWS // x.shape[0]))
     lse1 = lse2 = x.new_full((x.shape[0],), -math.inf)
     for start in range(0, num_samples, k_step):
-        log_w = _log_weights(model, guide, x, idx, min(k_step, num_samples - start))
+        (log_w,) = _draws(pair, x, idx, min(k_step, num_samples - start), pair.log_weights)
         lse1 = torch.logaddexp(lse1, log_w.logsumexp(0))
         lse2 = torch.logaddexp(lse2, (2 * log_w).logsumexp(0))
     return lse1, lse2
@@ -156,14 +256,16 @@ def log_likelihood(
     num_samples: int = 1000,
     idx: torch.Tensor | None = None,
     progress: bool | None = None,
+    plate: str = DEFAULT_PLATE,
 ) -> LogLikelihood:
     """Importance-sampled log p(x) with the guide as proposal (Burda et al. 2016).
 
-    log p(x) ~= logsumexp_k [log p(x, z_k) - log q(z_k | x)] - log K,  z_k ~ q(z | x).
+    log p(x) ~= logsumexp_k [log p(x, z_k) - log q(z_k | x)] - log K,  z_k ~ q(z | x),
 
-    The estimate is a stochastic lower bound that rises with K towards log p(x). Samples and
-    examples are processed in chunks of at most :data:`MAX_ROWS` rows, so K = 5000 fits in
-    memory on CPU or GPU.
+    where z are the local latents (enumerated ones summed out) and global latents are drawn
+    from the guide once per sample (see the module's notes). The estimate is a stochastic lower
+    bound that rises with K towards log p(x). Samples and examples are processed in chunks of at
+    most :data:`MAX_ROWS` rows, so K = 5000 fits in memory on CPU or GPU.
 
     ``progress`` shows a bar over the chunks of examples (default: only on a terminal).
 
@@ -174,32 +276,55 @@ def log_likelihood(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    _checked(x, model)
+    pair = _pair(model, guide, x, idx, plate)
     log_px, stderr = [], []
     log_k = math.log(num_samples)
-    with pyro.get_param_store().scope():
-        chunks = _row_chunks(x.shape[0], min(num_samples, MAX_ROWS))
-        shown = sys.stderr.isatty() if progress is None else progress
-        for rows in tqdm(chunks, desc=f"log p(x), K={num_samples}", disable=not shown):
-            sub = None if idx is None else idx[rows]
-            lse1, lse2 = _streamed_log_moments(model, guide, x[rows], sub, num_samples)
-            rel_var = (lse2 - 2 * lse1 + log_k).exp() - 1  # Var[w] / mean(w)^2
-            log_px.append(lse1 - log_k)
-            stderr.append((rel_var.clamp(min=0) / num_samples).sqrt())
+    chunks = _row_chunks(x.shape[0], min(num_samples, MAX_ROWS))
+    shown = sys.stderr.isatty() if progress is None else progress
+    for rows in tqdm(chunks, desc=f"log p(x), K={num_samples}", disable=not shown):
+        sub = None if idx is None else idx[rows]
+        lse1, lse2 = _streamed_log_moments(pair, x[rows], sub, num_samples)
+        rel_var = (lse2 - 2 * lse1 + log_k).exp() - 1  # Var[w] / mean(w)^2
+        log_px.append(lse1 - log_k)
+        stderr.append((rel_var.clamp(min=0) / num_samples).sqrt())
     return LogLikelihood(torch.cat(log_px), torch.cat(stderr), num_samples)
 
 
+def _local_guide_sites(guide, x: torch.Tensor, plate: str):
+    trace = poutine.trace(batched(guide, plate)).get_trace(x, None, None)
+    return {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and data_frame(site, plate)
+    }
+
+
+def _mean(fn: dist.Distribution, num_samples: int) -> torch.Tensor:
+    try:
+        return fn.mean
+    except NotImplementedError:
+        return fn.sample((num_samples,)).mean(0)
+
+
 @torch.no_grad()
-def posterior_means(guide, x: torch.Tensor, *, num_samples: int = 64) -> torch.Tensor:
-    """E_q[z | x] for each row, shape (N, q): exact where q has a mean, else a sample mean."""
-    with pyro.get_param_store().scope():
-        q = poutine.trace(guide).get_trace(x).nodes[LATENT]["fn"]
-        try:
-            return q.mean
-        except NotImplementedError:
-            return q.sample((num_samples,)).mean(0)
+def posterior_means(
+    guide, x: torch.Tensor, *, num_samples: int = 64, plate: str = DEFAULT_PLATE
+) -> torch.Tensor:
+    """E_q[z | x] for each row, shape (N, q): exact where q has a mean, else a sample mean.
+
+    With several local latent sites, their means are flattened and concatenated in the order
+    the guide samples them.
+    """
+    sites = _local_guide_sites(guide, x, plate)
+    return torch.cat(
+        [_mean(s["fn"], num_samples).reshape(x.shape[0], -1) for s in sites.values()], -1
+    )
 
 
-def active_units(guide, x: torch.Tensor, *, threshold: float = 0.01) -> tuple[int, torch.Tensor]:
+def active_units(
+    guide, x: torch.Tensor, *, threshold: float = 0.01, plate: str = DEFAULT_PLATE
+) -> tuple[int, torch.Tensor]:
     """Active latent units (Burda et al. 2016): dimensions with Cov_x(E_q[z | x]) > threshold.
 
     Returns
@@ -208,7 +333,7 @@ def active_units(guide, x: torch.Tensor, *, threshold: float = 0.01) -> tuple[in
     variances : Tensor, shape (q,)
         The variance over examples of each coordinate of E_q[z | x].
     """
-    variances = posterior_means(guide, x).var(0)
+    variances = posterior_means(guide, x, plate=plate).var(0)
     return int((variances > threshold).sum()), variances
 
 
@@ -230,15 +355,17 @@ def evaluate(
     num_samples: int = 1000,
     idx: torch.Tensor | None = None,
     levels: int | None = None,
+    plate: str = DEFAULT_PLATE,
 ) -> pd.DataFrame:
     """One row summarising a model and guide on ``x``: ELBO terms, log p(x) and active units.
 
     Columns: ``elbo``, ``reconstruction``, ``kl``, ``log_px``, ``log_px_stderr`` (Monte Carlo),
     ``log_px_sd`` (spread over examples), ``bits_per_dim``, ``active_units``, ``num_samples``,
-    all per example in nats except where named.
+    all per example in nats except where named. The model and guide are scored with the
+    parameters they hold now (Pyro's param store), whatever their calling convention.
     """
-    terms = elbo_terms(model, guide, x, idx=idx, num_samples=10)
-    ll = log_likelihood(model, guide, x, num_samples=num_samples, idx=idx)
+    terms = elbo_terms(model, guide, x, idx=idx, num_samples=10, plate=plate)
+    ll = log_likelihood(model, guide, x, num_samples=num_samples, idx=idx, plate=plate)
     log_px = ll.log_px.mean().item()
     row = {name: t.mean().item() for name, t in terms._asdict().items()}
     row |= {
@@ -249,22 +376,30 @@ def evaluate(
         "num_samples": num_samples,
     }
     if idx is None:
-        row["active_units"] = active_units(guide, x)[0]
+        row["active_units"] = active_units(guide, x, plate=plate)[0]
     return pd.DataFrame([row])
 
 
+def _observed_mean(trace, plate: str, conditioned=()) -> torch.Tensor:
+    for name, site in trace.nodes.items():
+        if name in conditioned or site["type"] != "sample" or not site["is_observed"]:
+            continue
+        if data_frame(site, plate):
+            return site["fn"].mean
+    raise ValueError("the model has no observed site inside the plate over examples")
+
+
 @torch.no_grad()
-def reconstruct(model, guide, x: torch.Tensor) -> torch.Tensor:
+def reconstruct(model, guide, x: torch.Tensor, *, plate: str = DEFAULT_PLATE) -> torch.Tensor:
     """E[x | z = E_q[z | x]] for each row of ``x``, shape (N, D): the model decodes the
-    guide's posterior mean."""
-    z = posterior_means(guide, x)
-    with pyro.get_param_store().scope():
-        conditioned = poutine.condition(model, data={LATENT: z})
-        return poutine.trace(conditioned).get_trace(x).nodes[OBS]["fn"].mean
+    guide's posterior mean of every local latent site."""
+    means = {n: _mean(s["fn"], 64) for n, s in _local_guide_sites(guide, x, plate).items()}
+    conditioned = poutine.condition(batched(model, plate), data=means)
+    return _observed_mean(poutine.trace(conditioned).get_trace(x, None, None), plate, means)
 
 
 @torch.no_grad()
-def generate(model, like: torch.Tensor) -> torch.Tensor:
+def generate(model, like: torch.Tensor, *, plate: str = DEFAULT_PLATE) -> torch.Tensor:
     """E[x | z] for z drawn from the prior, one per row of ``like`` (whose values are unused)."""
-    with pyro.get_param_store().scope():
-        return poutine.trace(model).get_trace(like).nodes[OBS]["fn"].mean
+    trace = poutine.trace(batched(model, plate)).get_trace(like, None, None)
+    return _observed_mean(trace, plate)

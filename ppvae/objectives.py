@@ -11,25 +11,28 @@ from typing import Any
 from pyro.infer import (
     ELBO,
     JitTrace_ELBO,
+    JitTraceEnum_ELBO,
     JitTraceGraph_ELBO,
     JitTraceMeanField_ELBO,
     RenyiELBO,
     Trace_ELBO,
+    TraceEnum_ELBO,
     TraceGraph_ELBO,
     TraceMeanField_ELBO,
 )
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
-from ppvae.models.sites import LATENT
 
-MAX_PLATE_NESTING = 1
-"""Models and guides open one plate (the data plate); particles vectorize to its left."""
+def _is_latent(msg: dict[str, Any]) -> bool:
+    """A sample site that is neither observed nor a plate's subsample site."""
+    return msg["type"] == "sample" and not msg["is_observed"] and not site_is_subsample(msg)
 
 
 class ScoreFunctionLatent(Messenger):
-    """Mark the latent site as not reparameterizable, so Pyro uses the score-function
+    """Mark every latent site as not reparameterizable, so Pyro uses the score-function
     (log-derivative, REINFORCE) estimator for it; optionally with a decaying-average baseline
-    (used by ``TraceGraph_ELBO``).
+    (used by ``TraceGraph_ELBO``). Sites are recognised by kind, not by name.
 
     Examples
     --------
@@ -47,7 +50,7 @@ class ScoreFunctionLatent(Messenger):
         self.baseline_beta = baseline_beta
 
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
-        if msg["name"] != LATENT:
+        if not _is_latent(msg) or not msg["fn"].has_rsample:
             return
         _detach_sampling(msg["fn"])
         if self.baseline:
@@ -74,10 +77,11 @@ def _detach_sampling(fn) -> None:
 
 
 class LatentScale(Messenger):
-    """Multiply the log-densities of the latent site by ``value`` (beta-VAE, KL annealing).
+    """Multiply the log-densities of every latent site by ``value`` (beta-VAE, KL annealing).
 
     Applied to both model and guide, it scales log p(z) - log q(z | x), i.e. the KL term; the
-    reconstruction term is untouched. ``value`` may be changed between steps.
+    observed sites (the reconstruction term) are untouched. ``value`` may be changed between
+    steps.
 
     Examples
     --------
@@ -93,7 +97,7 @@ class LatentScale(Messenger):
         self.value = value
 
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
-        if msg["name"] == LATENT and self.value != 1.0:
+        if self.value != 1.0 and _is_latent(msg):
             msg["scale"] = msg["scale"] * self.value
 
 
@@ -115,6 +119,8 @@ class Objective:
         With ``reparameterized=False``: subtract a decaying-average baseline.
     vectorize : bool
         Draw the particles in one vectorized pass.
+    enumerates : bool
+        Sums out the model's discrete latent sites that are marked for enumeration.
     options : dict
         Extra keyword arguments for the estimator (``alpha`` for Renyi).
 
@@ -130,17 +136,22 @@ class Objective:
     reparameterized: bool = True
     baseline: bool = False
     vectorize: bool = False
+    enumerates: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
-    def build(self, num_particles: int = 1, jit: bool = False) -> ELBO:
-        """The Pyro ELBO object; raises ValueError if ``jit`` has no compiled variant."""
+    def build(self, num_particles: int = 1, jit: bool = False, max_plate_nesting: int = 1) -> ELBO:
+        """The Pyro ELBO object; raises ValueError if ``jit`` has no compiled variant.
+
+        ``max_plate_nesting`` is the number of plate dimensions the model and guide use
+        (:func:`ppvae.pairs.plate_nesting`); particles and enumeration go to their left.
+        """
         cls = self.jit_elbo if jit else self.elbo
         if cls is None:
             raise ValueError(f"{self.elbo.__name__} has no JIT variant; drop --jit")
         return cls(
             num_particles=num_particles,
             vectorize_particles=self.vectorize or num_particles > 1,
-            max_plate_nesting=MAX_PLATE_NESTING,
+            max_plate_nesting=max_plate_nesting,
             **self.options,
         )
 
@@ -173,6 +184,13 @@ OBJECTIVES: dict[str, Objective] = {
         elbo=Trace_ELBO,
         jit_elbo=JitTrace_ELBO,
         reparameterized=False,
+    ),
+    "enum": Objective(
+        description="ELBO with discrete latents the guide leaves out summed out exactly "
+        "(TraceEnum_ELBO; mark them infer={'enumerate': 'parallel'})",
+        elbo=TraceEnum_ELBO,
+        jit_elbo=JitTraceEnum_ELBO,
+        enumerates=True,
     ),
     "score-baseline": Objective(
         description="score-function gradients with a decaying-average baseline (TraceGraph_ELBO)",

@@ -27,6 +27,15 @@ from ppvae.config import ConfigError, JsonConfig
 from ppvae.data import Dataset, binarize_sample, validate_data
 from ppvae.evaluate import elbo_terms
 from ppvae.objectives import OBJECTIVES, LatentScale
+from ppvae.pairs import (
+    DEFAULT_PLATE,
+    Structure,
+    batched,
+    claim_parameters,
+    param_tensors,
+    probe,
+    run_pair,
+)
 
 HISTORY_COLUMNS = [
     "epoch",
@@ -64,6 +73,9 @@ class FitConfig(JsonConfig):
         Seeds Pyro, torch, NumPy and Python, and the per-epoch shuffles.
     device : str
         ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    plate : str
+        The name of the model's plate over the examples. A plate sized by the batch
+        (``pyro.plate("data", x.shape[0])``, as in Pyro's tutorials) is scaled to the data set.
 
     Examples
     --------
@@ -82,6 +94,7 @@ class FitConfig(JsonConfig):
     test_samples: int = 1
     seed: int = 0
     device: str = "auto"
+    plate: str = DEFAULT_PLATE
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -178,10 +191,47 @@ class _DeferredInterrupt:
             signal.signal(signal.SIGINT, previous)
 
 
-def _split(data: Dataset | torch.Tensor, device: torch.device):
-    if isinstance(data, Dataset):
-        return data.train.to(device), data.test.to(device), data.dynamic
-    return data.to(device), None, False
+def _inputs(data: Dataset | torch.Tensor, model):
+    """(train, test or None, dynamic), validated where they are, before anything moves."""
+    train, test, dynamic = (
+        (data.train, data.test, data.dynamic) if isinstance(data, Dataset) else (data, None, False)
+    )
+    unit = getattr(model, "requires_unit_interval", False)
+    validate_data(train, unit_interval=unit, what="training data")
+    if test is not None:
+        validate_data(test, unit_interval=unit, what="test data")
+    return train, test, dynamic
+
+
+def _move(model, guide, calls, x: torch.Tensor, device: torch.device) -> None:
+    """The pair's parameters to the training device and dtype, in place.
+
+    One trace on the rows of ``x`` where they are registers every parameter (and drops stale
+    param-store entries, :func:`ppvae.pairs.claim_parameters`); modules move with ``.to``, and
+    every other param-store tensor the pair uses (``pyro.param``, ``pyro.module`` networks of
+    plain functions) has its data replaced, so the tensor Pyro and the networks share stays one.
+    """
+    claim_parameters(*calls, x)
+    try:
+        traces = run_pair(*calls, x[:2])
+    except Exception:  # a broken pair is reported by the checker, on the device
+        traces = ()
+    for module in _modules(model, guide):
+        module.to(device=device, dtype=x.dtype)
+    with torch.no_grad():
+        for tensor in param_tensors(*traces).values():
+            dtype = x.dtype if tensor.is_floating_point() else tensor.dtype
+            if tensor.device != device or tensor.dtype != dtype:
+                tensor.data = tensor.data.to(device, dtype)
+
+
+def _svi(calls, optim, config: FitConfig, structure: Structure) -> tuple[SVI, LatentScale]:
+    objective = OBJECTIVES[config.objective]
+    scale = LatentScale(config.beta)
+    nesting = max(1, structure.max_plate_nesting)
+    elbo = objective.build(config.num_particles, config.jit, max_plate_nesting=nesting)
+    model, guide = calls
+    return SVI(scale(model), scale(objective.wrap_guide(guide)), optim, loss=elbo), scale
 
 
 def _epoch_batches(train: torch.Tensor, dynamic: bool, config: FitConfig, epoch: int):
@@ -209,13 +259,12 @@ def _modules(*objs):
 
 
 def _state(progress: _Progress, model, guide, optim, config: FitConfig) -> dict[str, Any]:
-    store = pyro.get_param_store().get_state()
     return {
         "progress": vars(progress),
         "config": config.to_dict(),
         "model": model.state_dict() if isinstance(model, torch.nn.Module) else None,
         "guide": guide.state_dict() if isinstance(guide, torch.nn.Module) else None,
-        "params": store,
+        "params": pyro.get_param_store().get_state(),
         "optim": optim.get_state(),
         "rng": ckpt.rng_state(),
     }
@@ -228,17 +277,16 @@ def _check_compatible(saved: dict[str, Any], config: FitConfig, path) -> None:
         raise ConfigError(f"{path} was written with different settings: {', '.join(differ)}")
 
 
-def _restore(path, model, guide, optim, config, args, device) -> _Progress:
+def _restore(path, model, guide, optim, config, like: torch.Tensor) -> _Progress:
+    """Put a checkpoint back: module buffers by ``load_state_dict``, every parameter by copying
+    into the tensor the param store already holds (so the networks registered with
+    ``pyro.module`` or as ``PyroModule`` train the restored values), on ``like``'s device."""
     saved = ckpt.load(path)
     _check_compatible(saved["config"], config, path)
     for obj, key in ((model, "model"), (guide, "guide")):
-        if isinstance(obj, torch.nn.Module):
+        if isinstance(obj, torch.nn.Module) and saved.get(key) is not None:
             obj.load_state_dict(saved[key])
-    # register the modules' own parameters first, so only the rest come from the store
-    pyro.poutine.trace(guide).get_trace(*args)
-    pyro.poutine.trace(model).get_trace(*args)
-    params = {k: v.to(device) for k, v in saved["params"]["params"].items()}
-    ckpt.restore_free_params({"params": params, "constraints": saved["params"]["constraints"]})
+    ckpt.restore_params(saved["params"], like)
     optim.set_state(saved["optim"])
     ckpt.set_rng_state(saved["rng"])
     return _Progress(**saved["progress"])
@@ -247,7 +295,7 @@ def _restore(path, model, guide, optim, config, args, device) -> _Progress:
 def _test_row(model, guide, test, config) -> dict[str, float]:
     if test is None or not getattr(guide, "amortized", True):
         return {"test_elbo": math.nan, "test_reconstruction": math.nan, "test_kl": math.nan}
-    terms = elbo_terms(model, guide, test, num_samples=config.test_samples)
+    terms = elbo_terms(model, guide, test, num_samples=config.test_samples, plate=config.plate)
     return {
         "test_elbo": terms.elbo.mean().item(),
         "test_reconstruction": terms.reconstruction.mean().item(),
@@ -330,8 +378,12 @@ def fit(
     Parameters
     ----------
     model, guide
-        Pyro callables with the signature ``(x, idx=None, num_data=None)`` and matching sample
-        sites (any pair from :data:`ppvae.models.MODELS` and :data:`ppvae.guides.GUIDES`).
+        Any Pyro model and guide with matching sample sites, written ``f(x)`` as in Pyro's
+        tutorials or ``f(x, idx=None, num_data=None)`` as ppvae's own (:mod:`ppvae.pairs`),
+        with a plate over the examples named ``config.plate``. Like a plain SVI loop, training
+        leaves every parameter in Pyro's param store (``pyro.param`` values, ``pyro.module``
+        networks, ``PyroModule`` weights) and the networks hold their trained weights; a store
+        entry left under the same name by an earlier model is replaced by the pair's own.
     data : Dataset or Tensor
         A :class:`~ppvae.data.Dataset` (the test split is evaluated every epoch; a dynamic one
         is re-binarized every epoch) or a training tensor of shape (N, D).
@@ -362,60 +414,62 @@ def fit(
         Bernoulli-type likelihood.
     """
     device = resolve_device(config.device)
-    train, test, dynamic = _split(data, device)
-    unit = getattr(model, "requires_unit_interval", False)
-    validate_data(train, unit_interval=unit, what="training data")
-    if test is not None:
-        validate_data(test, unit_interval=unit, what="test data")
-    for module in _modules(model, guide):
-        module.to(device=device, dtype=train.dtype)
-    objective = OBJECTIVES[config.objective]
+    train, test, dynamic = _inputs(data, model)
+    calls = batched(model, config.plate), batched(guide, config.plate)
+    _move(model, guide, calls, train, device)
+    train, test = train.to(device), None if test is None else test.to(device)
     n, b = train.shape[0], min(config.batch_size, train.shape[0])
-    args = (train[:b], torch.arange(b, device=device))
-    check(model, guide, args[0], idx=args[1], num_data=n, objective=config.objective)
-    with pyro.get_param_store().scope():
-        pyro.set_rng_seed(config.seed)
-        optim = pyro.optim.Adam({"lr": config.lr})
-        state = _Progress(rows=[])
-        if resume:
-            if checkpoint is None or not os.path.exists(checkpoint):
-                raise ConfigError(f"nothing to resume: no checkpoint at {checkpoint}")
-            state = _restore(checkpoint, model, guide, optim, config, args, device)
-        scale = LatentScale(config.beta)
-        elbo = objective.build(config.num_particles, config.jit)
-        svi = SVI(scale(model), scale(objective.wrap_guide(guide)), optim, loss=elbo)
+    batch = (train[:b], torch.arange(b, device=device))
+    check(
+        model,
+        guide,
+        batch[0],
+        idx=batch[1],
+        num_data=n,
+        objective=config.objective,
+        plate=config.plate,
+    )
+    structure = probe(*calls, *batch, plate=config.plate)
+    pyro.set_rng_seed(config.seed)
+    optim = pyro.optim.Adam({"lr": config.lr})
+    state = _Progress(rows=[])
+    if resume:
+        if checkpoint is None or not os.path.exists(checkpoint):
+            raise ConfigError(f"nothing to resume: no checkpoint at {checkpoint}")
+        state = _restore(checkpoint, model, guide, optim, config, train)
+    svi, scale = _svi(calls, optim, config, structure)
 
-        def save():
-            if checkpoint is not None:
-                ckpt.save(checkpoint, _state(state, model, guide, optim, config))
+    def save():
+        if checkpoint is not None:
+            ckpt.save(checkpoint, _state(state, model, guide, optim, config))
 
-        steps = n // b
-        shown = sys.stderr.isatty() if progress is None else progress
-        with (
-            _DeferredInterrupt().installed() as interrupt,
-            tqdm(
-                total=config.epochs * steps,
-                initial=state.epoch * steps + state.step,
-                disable=not shown,
-                unit="step",
-                dynamic_ncols=True,
-            ) as bar,
-        ):
-            loop = _Loop(
-                svi,
-                scale,
-                model,
-                guide,
-                train,
-                test,
-                dynamic,
-                config,
-                state,
-                save,
-                interrupt,
-                bar,
-                on_epoch,
-            )
-            stopped = loop.run()
+    steps = n // b
+    shown = sys.stderr.isatty() if progress is None else progress
+    with (
+        _DeferredInterrupt().installed() as interrupt,
+        tqdm(
+            total=config.epochs * steps,
+            initial=state.epoch * steps + state.step,
+            disable=not shown,
+            unit="step",
+            dynamic_ncols=True,
+        ) as bar,
+    ):
+        loop = _Loop(
+            svi,
+            scale,
+            model,
+            guide,
+            train,
+            test,
+            dynamic,
+            config,
+            state,
+            save,
+            interrupt,
+            bar,
+            on_epoch,
+        )
+        stopped = loop.run()
     history = pd.DataFrame(state.rows, columns=HISTORY_COLUMNS)
     return FitResult(history, model, guide, config, interrupted=stopped)

@@ -2,6 +2,7 @@
 
 import signal
 
+import pyro
 import pytest
 import torch
 from pyro.infer import SVI
@@ -77,8 +78,10 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
     straight = fit(model, guide, dynamic_digits, config, checkpoint=tmp_path / "a.pt")
     expected = params(model, guide)
 
-    # Ctrl-C in the middle of epoch 2 (11 steps per epoch), then resume with fresh objects
+    # Ctrl-C in the middle of epoch 2 (11 steps per epoch), then resume with fresh objects;
+    # the store is cleared as a new process would find it (the baseline lives there)
     path = tmp_path / "b.pt"
+    pyro.clear_param_store()
     with monkeypatch.context() as m:
         _steps_then_sigint(m, after=15)
         model, guide = pair(dynamic_digits)
@@ -87,6 +90,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
     assert ckpt.load(path)["progress"]["epoch"] == 1
     assert ckpt.load(path)["progress"]["step"] == 4
 
+    pyro.clear_param_store()
     model, guide = pair(dynamic_digits, seed=99)  # a different init, overwritten by the resume
     resumed = fit(model, guide, dynamic_digits, config, checkpoint=path, resume=True)
     assert not resumed.interrupted
