@@ -4,8 +4,17 @@ No Pyro here, so these double as test oracles for the Pyro models and guides.
 """
 
 from ppvae.baselines.em import EMPPCA, EMResult, ppca_em, ppca_em_missing
-from ppvae.baselines.missing import impute
-from ppvae.baselines.mppca import MixtureParams, MixturePPCA, MixtureSample
+from ppvae.baselines.missing import (
+    imputation_rmse,
+    impute,
+    impute_samples,
+    mean_impute,
+    observed_column_means,
+    observed_log_prob,
+)
+from ppvae.baselines.mppca import MixturePPCA, MixtureSample
+from ppvae.baselines.mppca_em import MixtureEMResult, MixtureParams, mppca_em
+from ppvae.baselines.mppca_missing import mixture_impute, mixture_log_prob, mppca_em_missing
 from ppvae.baselines.ppca import (
     PPCA,
     NotFittedError,
@@ -20,6 +29,7 @@ from ppvae.baselines.ppca import (
 __all__ = [
     "EMPPCA",
     "EMResult",
+    "MixtureEMResult",
     "MixtureParams",
     "MixturePPCA",
     "MixtureSample",
@@ -28,6 +38,15 @@ __all__ = [
     "PPCAParams",
     "PPCAPosterior",
     "impute",
+    "impute_samples",
+    "imputation_rmse",
+    "mean_impute",
+    "mixture_impute",
+    "mixture_log_prob",
+    "mppca_em",
+    "mppca_em_missing",
+    "observed_column_means",
+    "observed_log_prob",
     "ppca_em",
     "ppca_em_missing",
     "ppca_log_prob",

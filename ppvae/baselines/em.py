@@ -13,16 +13,22 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ppvae.baselines.missing import impute, missing_mstep, observed_posterior
+from ppvae.baselines.checks import check_data
+from ppvae.baselines.missing import (
+    impute,
+    missing_mstep,
+    observed_log_prob,
+    observed_posterior,
+)
 from ppvae.baselines.ppca import (
     LOG_2PI,
     PPCA,
     PPCAParams,
-    _check_data,
     _cholesky_M,
     _like,
     _randn,
 )
+from ppvae.data import DataError
 
 
 class EMResult(NamedTuple):
@@ -117,7 +123,7 @@ def ppca_em(
     EMResult
     """
     X = torch.as_tensor(X, dtype=dtype)
-    _check_data(X, q)
+    check_data(X, q)
     N, d = X.shape
     mu = X.mean(0)
     Xc = X - mu
@@ -150,13 +156,13 @@ def ppca_em(
 
 def _missing_data(X: Tensor, q: int) -> tuple[Tensor, Tensor]:
     """Drop rows with nothing observed; return them and their 0/1 mask, checking each column."""
-    _check_data(X, q, allow_nan=True)
+    check_data(X, q, allow_nan=True)
     observed = ~torch.isnan(X)
     keep = observed.any(1)
     X, observed = X[keep], observed[keep]
     few = (observed.sum(0) < 2).nonzero().flatten().tolist()
     if few:
-        raise ValueError(f"columns {few} are observed in fewer than 2 rows; drop them first")
+        raise DataError(f"columns {few} are observed in fewer than 2 rows; drop them first")
     return X, observed
 
 
@@ -199,7 +205,7 @@ def ppca_em_missing(
 
     Raises
     ------
-    ValueError
+    DataError
         If a column is observed in fewer than 2 rows (the message names the columns).
     """
     X, observed = _missing_data(torch.as_tensor(X, dtype=dtype), q)
@@ -283,11 +289,7 @@ class EMPPCA(PPCA):
 
     def log_prob(self, X) -> Tensor:
         """Per-row log-likelihood of the observed entries (NaN = missing), shape (N,)."""
-        W, mu, sigma2 = self.params_
-        X = _like(X, W)
-        observed = ~torch.isnan(X)
-        R = torch.where(observed, X - mu, 0.0)
-        return observed_posterior(R, observed.to(W.dtype), W, sigma2).log_prob
+        return observed_log_prob(X, self.params_)
 
     def impute(self, X) -> Tensor:
         """``X`` with NaN entries replaced by ``E[x_missing | x_observed]``, shape (N, d)."""

@@ -1,4 +1,8 @@
-"""Mixture of probabilistic PCA (Tipping & Bishop, Neural Computation 1999), in plain torch."""
+"""Mixture of probabilistic PCA (Tipping & Bishop, Neural Computation 1999), in plain torch.
+
+The estimator; the EM fits live in :mod:`~ppvae.baselines.mppca_em` (complete data) and
+:mod:`~ppvae.baselines.mppca_missing` (NaN at missing entries).
+"""
 
 from __future__ import annotations
 
@@ -7,32 +11,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ppvae.baselines.em import _run_em
-from ppvae.baselines.ppca import (
-    NotFittedError,
-    _check_data,
-    _like,
-    _ppca_from_covariance,
-    _randn,
-    ppca_log_prob,
+from ppvae.baselines.checks import check_count, check_nonnegative
+from ppvae.baselines.mppca_em import MixtureParams, mppca_em
+from ppvae.baselines.mppca_missing import (
+    _mixture_log_joint,
+    mixture_impute,
+    mppca_em_missing,
 )
-
-
-class MixtureParams(NamedTuple):
-    """Parameters of a mixture of K PPCA components.
-
-    Attributes
-    ----------
-    weights : Tensor, shape (K,)
-    means : Tensor, shape (K, d)
-    W : Tensor, shape (K, d, q)
-    sigma2 : Tensor, shape (K,)
-    """
-
-    weights: Tensor
-    means: Tensor
-    W: Tensor
-    sigma2: Tensor
+from ppvae.baselines.ppca import NotFittedError, _randn
 
 
 class MixtureSample(NamedTuple):
@@ -40,67 +26,6 @@ class MixtureSample(NamedTuple):
 
     X: Tensor
     labels: Tensor
-
-
-def _uniform(generator: torch.Generator | None, ref: Tensor) -> Tensor:
-    device = ref.device if generator is None else generator.device
-    return torch.rand((), generator=generator, dtype=ref.dtype, device=device).to(ref.device)
-
-
-def _kmeans(X: Tensor, K: int, generator: torch.Generator, n_iter: int = 100) -> Tensor:
-    """Labels (N,) from k-means++ seeding followed by Lloyd iterations."""
-    first = torch.randint(X.shape[0], (), generator=generator, device=generator.device)
-    centres = X[first.to(X.device)][None]
-    for _ in range(1, K):
-        d2 = (X[:, None] - centres).square().sum(-1).min(1).values
-        cdf = d2.cumsum(0)
-        # right=True never picks a point at distance 0 (an existing centre)
-        i = torch.searchsorted(cdf, _uniform(generator, X) * cdf[-1], right=True)
-        centres = torch.cat([centres, X[i.clamp_max(X.shape[0] - 1)][None]])
-    labels = None
-    for _ in range(n_iter):
-        new = (X[:, None] - centres).square().sum(-1).argmin(1)
-        if labels is not None and torch.equal(new, labels):
-            break
-        labels = new
-        counts = torch.bincount(labels, minlength=K).to(X.dtype)[:, None]
-        sums = torch.zeros_like(centres).index_add_(0, labels, X)
-        centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
-    return labels
-
-
-def _log_joint(X: Tensor, params: MixtureParams) -> Tensor:
-    """``log pi_k + log N(x_n; mu_k, W_k W_k^T + sigma_k^2 I)``, shape (N, K)."""
-    return params.weights.log() + ppca_log_prob(X, params.W, params.means, params.sigma2).mT
-
-
-def _mstep(X: Tensor, R: Tensor, q: int, sigma2_min: Tensor) -> MixtureParams:
-    """Exact M-step from responsibilities R (N, K): weighted means, then closed-form PPCA on
-    each responsibility-weighted covariance ``S_k`` with ``sigma_k^2`` floored."""
-    Nk = R.sum(0)
-    # a component that lost every point keeps finite parameters and weight 0
-    safe = Nk.clamp_min(torch.finfo(X.dtype).tiny)
-    means = (R.mT @ X) / safe[:, None]
-    Xc = X - means[:, None]
-    S = (R.mT[..., None] * Xc).mT @ Xc / safe[:, None, None]
-    W, sigma2 = _ppca_from_covariance(S, q, sigma2_min)
-    return MixtureParams(Nk / X.shape[0], means, W, sigma2)
-
-
-def _fit_mixture(X, labels, K, q, sigma2_min, max_iter, tol):
-    """EM started from the M-step of the hard assignment ``labels`` (N,)."""
-    R = torch.nn.functional.one_hot(labels, K).to(X.dtype)
-    state = _mstep(X, R, q, sigma2_min)
-
-    def estep(params):
-        joint = _log_joint(X, params)
-        loglik = torch.logsumexp(joint, dim=1, keepdim=True)
-        return loglik.mean().item(), (joint - loglik).exp()
-
-    def mstep(params, R):
-        return _mstep(X, R, q, sigma2_min)
-
-    return _run_em(estep, mstep, state, max_iter, tol, X)
 
 
 class MixturePPCA:
@@ -137,7 +62,8 @@ class MixturePPCA:
     The M-step is exact: with the component labels as the only latent variables, the
     expected complete-data log-likelihood of component ``k`` is a PPCA likelihood with the
     responsibility-weighted covariance ``S_k``, maximised in closed form. The recorded
-    log-likelihood is therefore monotone up to round-off.
+    log-likelihood is therefore monotone up to round-off. With missing entries (NaN) these
+    are treated as latent too, and EM stays exact (:func:`mppca_em_missing`).
 
     Examples
     --------
@@ -148,6 +74,10 @@ class MixturePPCA:
     tensor([0.5000, 0.5000], dtype=torch.float64)
     >>> model.predict(X[[0, -1]]).tolist() in ([0, 1], [1, 0])
     True
+    >>> X[0, 1] = X[-1, 0] = float("nan")
+    >>> model = MixturePPCA(n_clusters=2, n_components=1).fit(X)
+    >>> model.impute(X)[[0, -1], [1, 0]]  # each from its own cluster, near 0 and near 10
+    tensor([-0.1695,  9.9567], dtype=torch.float64)
     """
 
     def __init__(
@@ -163,32 +93,32 @@ class MixturePPCA:
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
     ):
-        self.n_clusters = n_clusters
-        self.n_components = n_components
-        self.max_iter = max_iter
+        self.n_clusters = check_count("n_clusters", n_clusters)
+        self.n_components = check_count("n_components", n_components)
+        self.max_iter = check_count("max_iter", max_iter, low=0)
         self.tol = tol
-        self.sigma2_floor = sigma2_floor
-        self.n_init = n_init
+        self.sigma2_floor = check_nonnegative("sigma2_floor", sigma2_floor)
+        self.n_init = check_count("n_init", n_init)
         self.seed = seed
         self.dtype = dtype
         self.device = device
         self._params: MixtureParams | None = None
 
     def fit(self, X) -> MixturePPCA:
-        """Fit by EM from ``n_init`` k-means++ initialisations; ``X`` has shape (N, d)."""
+        """Fit by EM from ``n_init`` k-means++ initialisations; ``X`` has shape (N, d).
+
+        With NaN (missing) entries this runs :func:`mppca_em_missing`, else :func:`mppca_em`.
+        """
         X = torch.as_tensor(X, dtype=self.dtype, device=self.device)
-        _check_data(X, self.n_components)
-        if X.shape[0] < self.n_clusters:
-            raise ValueError(f"need at least n_clusters={self.n_clusters} rows; got {len(X)}")
-        sigma2_min = self.sigma2_floor * X.var(0, correction=0).mean()
+        fit = mppca_em_missing if torch.isnan(X).any() else mppca_em
         generator = torch.Generator().manual_seed(self.seed)
         best = None
         for _ in range(self.n_init):
-            labels = _kmeans(X, self.n_clusters, generator)
-            run = _fit_mixture(
-                X, labels, self.n_clusters, self.n_components, sigma2_min, self.max_iter, self.tol
-            )
-            if best is None or run.trace[-1] > best.trace[-1]:
+            run = fit(
+                X, self.n_clusters, self.n_components, max_iter=self.max_iter, tol=self.tol,
+                sigma2_floor=self.sigma2_floor, generator=generator, dtype=self.dtype,
+            )  # fmt: skip
+            if best is None or run.log_likelihood[-1] > best.log_likelihood[-1]:
                 best = run
         self._params, self.log_likelihood_, self.n_iter_, self.converged_ = best
         return self
@@ -215,21 +145,28 @@ class MixturePPCA:
     def sigma2_(self) -> Tensor:
         return self.params_.sigma2
 
+    def _log_joint(self, X) -> Tensor:
+        return _mixture_log_joint(X, self.params_)[1]
+
     def log_prob(self, X) -> Tensor:
-        """Per-row log-likelihood under the mixture, shape (N,)."""
-        return torch.logsumexp(_log_joint(_like(X, self.W_), self.params_), dim=1)
+        """Per-row log-likelihood of the observed entries (NaN = missing), shape (N,)."""
+        return torch.logsumexp(self._log_joint(X), dim=1)
 
     def score(self, X) -> float:
         """Mean log-likelihood per row."""
         return self.log_prob(X).mean().item()
 
     def predict_proba(self, X) -> Tensor:
-        """Responsibilities ``p(c = k | x_n)``, shape (N, K)."""
-        return torch.softmax(_log_joint(_like(X, self.W_), self.params_), dim=1)
+        """Responsibilities ``p(c = k | x_o)`` given the observed entries, shape (N, K)."""
+        return torch.softmax(self._log_joint(X), dim=1)
 
     def predict(self, X) -> Tensor:
         """Most probable component of each row, shape (N,)."""
-        return _log_joint(_like(X, self.W_), self.params_).argmax(1)
+        return self._log_joint(X).argmax(1)
+
+    def impute(self, X) -> Tensor:
+        """``X`` with NaN entries replaced by ``E[x_missing | x_observed]``, shape (N, d)."""
+        return mixture_impute(X, self.params_)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> MixtureSample:
         """Draw ``n`` rows and their component labels."""

@@ -16,6 +16,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ppvae.baselines.checks import check_count, check_data, check_params
+from ppvae.config import ConfigError
+from ppvae.data import DataError
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -68,24 +72,6 @@ def _cholesky_M(W: Tensor, sigma2: Tensor) -> Tensor:
     return torch.linalg.cholesky(W.mT @ W + sigma2[..., None, None] * eye)
 
 
-def _check_data(X: Tensor, q: int, *, allow_nan: bool = False) -> None:
-    """Raise a ValueError for data PPCA with ``q`` components cannot be fitted to."""
-    if X.ndim != 2:
-        raise ValueError(f"X must be 2-D with shape (N, d); got shape {tuple(X.shape)}")
-    N, d = X.shape
-    if N < 2:
-        raise ValueError(f"PPCA needs at least 2 rows; got N={N}")
-    if not 1 <= q < d:
-        raise ValueError(f"the number of components q must satisfy 1 <= q < d; got q={q}, d={d}")
-    if torch.isinf(X).any():
-        raise ValueError("X has infinite entries")
-    if not allow_nan and torch.isnan(X).any():
-        raise ValueError(
-            "X has NaN entries; for missing data use ppca_em_missing (or EMPPCA), "
-            "which runs exact EM on the observed entries"
-        )
-
-
 def _column_signs(U: Tensor) -> Tensor:
     """Signs making the largest-magnitude entry of each column positive, shape (..., 1, q)."""
     idx = U.abs().argmax(dim=-2, keepdim=True)
@@ -120,9 +106,16 @@ def ppca_log_prob(X, W, mu, sigma2) -> Tensor:
     Returns
     -------
     Tensor, shape (..., N)
+
+    Raises
+    ------
+    ConfigError or DataError
+        If ``sigma2 <= 0`` or ``W`` and ``mu`` disagree on ``d`` (ConfigError), or if ``X``
+        does not have ``d`` columns (DataError).
     """
     W = torch.as_tensor(W)
     X, mu, sigma2 = _like(X, W), _like(mu, W), _like(sigma2, W)
+    check_params(W, mu, sigma2, X)
     d, q = W.shape[-2:]
     Xc = X - mu[..., None, :]
     L = _cholesky_M(W, sigma2)
@@ -147,9 +140,16 @@ def ppca_posterior(X, W, mu, sigma2) -> PPCAPosterior:
     -------
     PPCAPosterior
         ``mean`` (N, q) and the shared ``cov`` (q, q).
+
+    Raises
+    ------
+    ConfigError or DataError
+        If ``sigma2 <= 0`` or ``W`` and ``mu`` disagree on ``d`` (ConfigError), or if ``X``
+        does not have ``d`` columns (DataError).
     """
     W = torch.as_tensor(W)
     X, mu, sigma2 = _like(X, W), _like(mu, W), _like(sigma2, W)
+    check_params(W, mu, sigma2, X)
     L = _cholesky_M(W, sigma2)
     mean = torch.cholesky_solve(((X - mu) @ W).mT, L).mT
     return PPCAPosterior(mean, sigma2 * torch.cholesky_inverse(L))
@@ -177,13 +177,13 @@ def ppca_mle(X, q: int, *, dtype: torch.dtype = torch.float64) -> PPCAParams:
         ``W`` (d, q), ``mu`` (d,), ``sigma2`` ().
     """
     X = torch.as_tensor(X, dtype=dtype)
-    _check_data(X, q)
+    check_data(X, q)
     mu = X.mean(0)
     Xc = X - mu
     S = Xc.mT @ Xc / X.shape[0]
     W, sigma2 = _ppca_from_covariance(S, q)
     if sigma2 <= torch.finfo(dtype).eps * S.trace():
-        raise ValueError(
+        raise DataError(
             f"the data lie (numerically) in a {q}-dimensional affine subspace, so the noise "
             "variance sigma2 is 0 and the likelihood is unbounded; use fewer components"
         )
@@ -250,7 +250,7 @@ class PPCA:
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
     ):
-        self.n_components = n_components
+        self.n_components = check_count("n_components", n_components)
         self.dtype = dtype
         self.device = device
         self._params: PPCAParams | None = None
@@ -268,8 +268,12 @@ class PPCA:
         """A fitted model with the given ``W`` (d, q), ``mu`` (d,) and ``sigma2`` ()."""
         W = torch.as_tensor(W)
         W = W if W.is_floating_point() else W.to(torch.float64)
-        model = cls(W.shape[1], dtype=W.dtype, device=W.device)
-        model._params = PPCAParams(W, _like(mu, W), _like(sigma2, W))
+        mu, sigma2 = _like(mu, W), _like(sigma2, W)
+        if W.ndim != 2:
+            raise ConfigError(f"W must have shape (d, q); got shape {tuple(W.shape)}")
+        check_params(W, mu, sigma2)
+        model = cls(W.shape[-1], dtype=W.dtype, device=W.device)
+        model._params = PPCAParams(W, mu, sigma2)
         return model
 
     @property
