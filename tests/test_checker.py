@@ -154,3 +154,125 @@ def test_check_raises_with_every_problem_and_fit_runs_it(model, x):
         check(model, guide, x)
     with pytest.raises(ModelGuideError, match="event shape"):
         fit(model, guide, x, FitConfig(epochs=1, device="cpu"), progress=False)
+
+
+# --- users' own code, written the way Pyro's tutorials write it: model(x), their own names ---
+
+
+def tutorial_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("latent", normal(x))
+
+
+def tutorial_model(likelihood):
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("latent", normal(x))
+            pyro.sample("obs", likelihood(x).to_event(1), obs=x)
+
+    return model
+
+
+def test_a_tutorial_pair_with_its_own_names_and_a_global_latent_has_no_problems(x):
+    def model(x):
+        shift = pyro.sample("shift", dist.Normal(0.0, 1.0))  # global: outside the plate
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("latent", normal(x))
+            pyro.sample("obs", dist.Normal(x.new_zeros(D) + shift, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.sample("shift", dist.Normal(0.0, 1.0))
+        tutorial_guide(x)
+
+    assert problems(model, guide, x, idx=torch.arange(B), num_data=10 * B) == []
+
+
+def test_a_network_called_without_pyro_module():
+    net = nn.Linear(Q, D)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("latent", normal(x))
+            pyro.sample("obs", dist.Normal(net(z), 1.0).to_event(1), obs=x)
+
+    msg = only(problems(model, tutorial_guide, torch.randn(B, D)))
+    assert "computes with 2 trainable tensor(s) that Pyro never sees (shapes" in msg
+    assert f"({D}, {Q})" in msg and f"({D},)" in msg
+    assert "register each network with pyro.module('name', net)" in msg
+
+
+def test_a_bernoulli_likelihood_on_grey_levels_is_caught_before_training(x):
+    model = tutorial_model(lambda x: dist.Bernoulli(probs=torch.full_like(x, 0.5)))
+    msg = only(problems(model, tutorial_guide, x))
+    assert "cannot score the data at its observed site 'obs' (Bernoulli)" in msg
+    assert "binarize the data (--binarize static or dynamic)" in msg
+    with pytest.raises(ModelGuideError, match="observed site 'obs'"):
+        fit(model, tutorial_guide, x, FitConfig(epochs=1, device="cpu"), progress=False)
+
+
+def test_a_plate_with_another_name(x):
+    def model(x):
+        with pyro.plate("examples", x.shape[0]):
+            pyro.sample("latent", normal(x))
+            pyro.sample("obs", dist.Normal(x, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("examples", x.shape[0]):
+            pyro.sample("latent", normal(x))
+
+    msg = only(problems(model, guide, x))
+    assert f"opens no plate named 'data' (its plates: 'examples' (size {B}))" in msg
+    assert "FitConfig(plate=...)" in msg
+    assert problems(model, guide, x, plate="examples") == []
+
+
+def test_no_plate_at_all(x):
+    def model(x):
+        pyro.sample("obs", dist.Normal(x, 1.0).to_event(2), obs=x)
+
+    msg = only(problems(model, lambda x: None, x))
+    assert "opens no plate over the examples: wrap its per-example sites in" in msg
+
+
+def test_an_observation_outside_the_plate(x):
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("latent", normal(x))
+        pyro.sample("obs", dist.Normal(x, 1.0).to_event(2), obs=x)
+
+    msg = only(problems(model, tutorial_guide, x))
+    assert "observes 'obs' outside the data plate, so a minibatch is scored as one" in msg
+
+
+def test_a_plate_that_is_not_the_batch(x):
+    def model(x):
+        with pyro.plate("data", 2 * x.shape[0]):
+            pyro.sample("obs", dist.Normal(0.0, 1.0), obs=x.new_zeros(2 * x.shape[0]))
+
+    msg = only(problems(model, lambda x: None, x))
+    assert f"the plate 'data' has size {2 * B} in the model but the batch has {B} rows" in msg
+
+
+def mixture_model(enumerate):
+    infer = {"enumerate": "parallel"} if enumerate else {}
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(logits=x.new_zeros(3)), infer=infer)
+            z = pyro.sample("latent", dist.Normal(x.new_tensor([-1.0, 0.0, 1.0])[y], 1.0))
+            pyro.sample("obs", dist.Normal(z[..., None], 1.0).to_event(1), obs=x)
+
+    return model
+
+
+def test_a_discrete_latent_the_guide_leaves_out(x):
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("latent", dist.Normal(x.new_zeros(x.shape[0]), 1.0))
+
+    msg = only(problems(mixture_model(False), guide, x))
+    assert "latent site 'y' is discrete and the guide does not sample it" in msg
+    assert "infer={'enumerate': 'parallel'}) and choose objective 'enum'" in msg
+    msg = only(problems(mixture_model(True), guide, x))
+    assert "enumerates its discrete latent site 'y', but the objective does not sum" in msg
+    assert problems(mixture_model(True), guide, x, objective="enum") == []
