@@ -11,8 +11,9 @@ from torch import nn
 
 from ppvae.config import ArchConfig, DataShape
 from ppvae.models.decoders import BernoulliDecoder, ContinuousBernoulliDecoder, GaussianDecoder
+from ppvae.models.mixture import MixturePriorVAE
 from ppvae.models.ppca import PPCA
-from ppvae.models.sites import DATA, LATENT, OBS, data_plate
+from ppvae.models.sites import CLUSTER, DATA, LATENT, OBS, data_plate
 from ppvae.models.vae import VAE
 from ppvae.nets import MLP, ConvDecoderNet
 
@@ -46,6 +47,12 @@ def continuous_bernoulli(arch: ArchConfig, shape: DataShape) -> VAE:
     return VAE(ContinuousBernoulliDecoder(decoder_net(arch, shape)), arch.z_dim)
 
 
+def mixture_prior(arch: ArchConfig, shape: DataShape) -> MixturePriorVAE:
+    """Bernoulli likelihood, Gaussian-mixture prior, its component enumerated (objective enum)."""
+    decoder = BernoulliDecoder(decoder_net(arch, shape))
+    return MixturePriorVAE(decoder, arch.z_dim, arch.components)
+
+
 def ppca(arch: ArchConfig, shape: DataShape) -> PPCA:
     """Linear decoder, Gaussian noise with one learned sigma: PPCA, the linear VAE's model."""
     return PPCA(shape.x_dim, arch.z_dim)
@@ -56,14 +63,17 @@ MODELS: dict[str, Callable[[ArchConfig, DataShape], nn.Module]] = {
     "gaussian": gaussian,
     "gaussian-learned": gaussian_learned,
     "continuous-bernoulli": continuous_bernoulli,
+    "mixture-prior": mixture_prior,
     "ppca": ppca,
 }
 
 __all__ = [
+    "CLUSTER",
     "DATA",
     "LATENT",
     "MODELS",
     "OBS",
+    "MixturePriorVAE",
     "PPCA",
     "VAE",
     "BernoulliDecoder",

@@ -5,7 +5,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from ppvae.models.sites import LATENT, OBS, data_plate
+from ppvae.models.sites import LATENT, OBS, batch_rows, data_plate
 
 
 class VAE(PyroModule):
@@ -33,6 +33,10 @@ class VAE(PyroModule):
     :func:`~ppvae.models.sites.data_plate`), so the ELBO of a minibatch estimates the full-data
     ELBO.
 
+    Called with ``x=None`` it draws ``batch_size`` examples from the model, so Pyro's
+    ``Predictive`` samples its prior (and, with a guide and ``poutine.uncondition``, its
+    posterior predictive).
+
     Examples
     --------
     >>> from torch import nn
@@ -41,6 +45,8 @@ class VAE(PyroModule):
     >>> trace = pyro.poutine.trace(vae).get_trace(torch.zeros(5, 64))
     >>> trace.nodes["z"]["value"].shape
     torch.Size([5, 2])
+    >>> vae(None, batch_size=3).shape  # three draws from p(z) p(x | z)
+    torch.Size([3, 64])
     """
 
     def __init__(self, decoder: PyroModule, z_dim: int, *, name: str = "model"):
@@ -53,15 +59,25 @@ class VAE(PyroModule):
         """Whether the likelihood needs data in [0, 1] (Bernoulli-type decoders)."""
         return getattr(self.decoder, "requires_unit_interval", False)
 
-    def prior(self, x: torch.Tensor) -> dist.Distribution:
-        """p(z) = N(0, I_q), on the device and dtype of ``x``; batch shape comes from the plate."""
-        loc = x.new_zeros(self.z_dim)
+    def reference(self) -> torch.Tensor:
+        """A tensor on the model's device and dtype (one of its parameters)."""
+        return next(self.parameters())
+
+    def prior(self) -> dist.Distribution:
+        """p(z) = N(0, I_q), on the model's device and dtype; batch shape comes from the plate."""
+        loc = self.reference().new_zeros(self.z_dim)
         return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
 
     def forward(
-        self, x: torch.Tensor, idx: torch.Tensor | None = None, num_data: int | None = None
+        self,
+        x: torch.Tensor | None = None,
+        idx: torch.Tensor | None = None,
+        num_data: int | None = None,
+        *,
+        batch_size: int | None = None,
     ) -> torch.Tensor:
-        """Score a minibatch ``x`` of shape (B, D); ``idx`` and ``num_data`` as in the plate."""
-        with data_plate(x, idx, num_data):
-            z = pyro.sample(LATENT, self.prior(x))
+        """Score a minibatch ``x`` of shape (B, D), or draw ``batch_size`` examples when ``x``
+        is None; ``idx`` and ``num_data`` as in the plate."""
+        with data_plate(batch_rows(x, idx, batch_size), idx, num_data):
+            z = pyro.sample(LATENT, self.prior())
             return pyro.sample(OBS, self.decoder(z), obs=x)

@@ -71,6 +71,12 @@ def add_arch_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--rank", type=int, default=a.rank, help="rank of the low-rank guide")
     g.add_argument("--flows", type=int, default=a.flows, help="transforms in the flow guide")
+    g.add_argument(
+        "--components",
+        type=int,
+        default=a.components,
+        help="mixture components of the mixture-prior model (default: %(default)s)",
+    )
 
 
 def add_fit_args(p: argparse.ArgumentParser) -> None:
@@ -115,6 +121,7 @@ def arch_config(args) -> ArchConfig:
         conv=args.conv,
         rank=args.rank,
         flows=args.flows,
+        components=args.components,
     )
 
 

@@ -103,6 +103,8 @@ class ArchConfig(JsonConfig):
         Number of conditional autoregressive transforms in the flow guide.
     context_dim : int
         Size of the per-datapoint context that conditions the flow guide's transforms.
+    components : int
+        Mixture components of the mixture-prior model.
 
     Examples
     --------
@@ -117,9 +119,10 @@ class ArchConfig(JsonConfig):
     rank: int = 2
     flows: int = 2
     context_dim: int = 16
+    components: int = 10
 
     def __post_init__(self):
-        for name in ("z_dim", "rank", "flows", "context_dim"):
+        for name in ("z_dim", "rank", "flows", "context_dim", "components"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if any(h < 1 for h in self.hidden):

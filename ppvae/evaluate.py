@@ -127,7 +127,7 @@ class _Pair(NamedTuple):
     def sites(self, model_trace, guide_trace):
         """(the model's local latent sites, its observed sites, the guide's local sites)."""
         st, m, g = self.structure, model_trace.nodes, guide_trace.nodes
-        latent = [m[n] for n in (*st.local_latents, *st.enumerated)]
+        latent = [m[n] for n in dict.fromkeys((*st.local_latents, *st.enumerated))]
         observed = [m[n] for n in st.observed if data_frame(m[n], self.plate) is not None]
         local = [g[n] for n in st.local_latents if n in g]
         return latent, observed, local
