@@ -25,7 +25,7 @@ from ppvae.data import load_dataset
 from ppvae.diagnostics import gradient_estimates, gradient_table, to_markdown
 from ppvae.evaluate import elbo_terms, log_likelihood
 from ppvae.guides import GUIDES
-from ppvae.guides.local import amortization_gap
+from ppvae.guides.refine import amortization_gap
 from ppvae.models import MODELS
 from ppvae.train import FitConfig, fit, resolve_device
 

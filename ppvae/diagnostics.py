@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from ppvae.config import ConfigError, atomic_write_text
 from ppvae.objectives import OBJECTIVES
+from ppvae.pairs import batched, param_tensors
 from ppvae.plots import save
 
 TABLE_COLUMNS = [
@@ -52,15 +53,17 @@ class GradientMoments(NamedTuple):
     var: dict[str, torch.Tensor]
 
 
-def _guide_params(guide) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in guide.named_parameters() if p.requires_grad}
+def _trace_params(fn, x, idx, num_data) -> dict[str, torch.Tensor]:
+    """The parameters ``fn`` registers in Pyro's param store, by store name."""
+    trace = pyro.poutine.trace(fn).get_trace(x, idx, num_data)
+    return {n: p for n, p in param_tensors(trace).items() if p.requires_grad}
 
 
-def _one_estimate(elbo, model, guide, params, args, kwargs) -> dict[str, torch.Tensor]:
+def _one_estimate(elbo, model, guide, params, args) -> dict[str, torch.Tensor]:
     """One gradient of the ELBO (minus the loss's) w.r.t. ``params``, as float64 tensors."""
     for p in params.values():
         p.grad = None
-    elbo.loss_and_grads(model, guide, *args, **kwargs)
+    elbo.loss_and_grads(model, guide, *args)
     return {
         n: torch.zeros_like(p, dtype=torch.float64) if p.grad is None else -p.grad.double()
         for n, p in params.items()
@@ -83,19 +86,23 @@ def _moments(draw: Callable[[], dict[str, torch.Tensor]], count: int) -> Gradien
     return GradientMoments(count, mean, var)
 
 
-def _estimator_moments(key, model, guide, args, kwargs, num_estimates, warmup, num_particles):
+def _estimator_moments(key, model, guide, params, args, num_estimates, warmup, num_particles):
     objective = OBJECTIVES[key]
     elbo = objective.build(num_particles)
     wrapped = objective.wrap_guide(guide)
-    params = _guide_params(guide)
-    with pyro.get_param_store().scope():  # the decaying-average baseline lives here
+    store = pyro.get_param_store()
+    before = set(store.keys())
 
-        def draw():
-            return _one_estimate(elbo, model, wrapped, params, args, kwargs)
+    def draw():
+        return _one_estimate(elbo, model, wrapped, params, args)
 
+    try:
         for _ in range(warmup if objective.baseline else 0):
             draw()
         return _moments(draw, num_estimates)
+    finally:  # a decaying-average baseline lives in the store: each estimator starts afresh
+        for name in set(store.keys()) - before:
+            del store[name]
 
 
 def gradient_estimates(
@@ -116,7 +123,8 @@ def gradient_estimates(
     Parameters
     ----------
     model, guide
-        A model and a guide (a ``torch.nn.Module``) with the signature ``(x, idx, num_data)``.
+        Any Pyro model and guide, ``f(x)`` or ``f(x, idx=None, num_data=None)``; the
+        parameters are those the guide registers in Pyro's param store.
     x : Tensor, shape (B, D)
         The fixed minibatch.
     idx, num_data
@@ -136,23 +144,22 @@ def gradient_estimates(
     Returns
     -------
     dict of str to GradientMoments
-        Keyed by objective. Model parameters do not move; their gradients are discarded.
+        Keyed by objective and then by param-store name. Model parameters do not move; their
+        gradients are discarded.
     """
     _check_estimates(objectives, num_estimates, warmup)
-    args, kwargs = (x, idx), {"num_data": num_data}
+    args = (x, idx, num_data)
+    model, guide = batched(model), batched(guide)
+    params = _trace_params(guide, *args)
     result = {}
     for key in objectives:
         pyro.set_rng_seed(seed)
         result[key] = _estimator_moments(
-            key, model, guide, args, kwargs, num_estimates, warmup, num_particles
+            key, model, guide, params, args, num_estimates, warmup, num_particles
         )
-    for p in _all_params(model, guide):
+    for p in pyro.get_param_store().get_state()["params"].values():
         p.grad = None
     return result
-
-
-def _all_params(*modules):
-    return [p for m in modules if isinstance(m, torch.nn.Module) for p in m.parameters()]
 
 
 def _check_estimates(objectives: Sequence[str], num_estimates: int, warmup: int) -> None:
@@ -170,8 +177,23 @@ def _check_estimates(objectives: Sequence[str], num_estimates: int, warmup: int)
 
 
 def top_level(name: str) -> str:
-    """Group a parameter by its first name component: ``net.0.weight`` -> ``net``."""
-    return name.split(".")[0]
+    """Group a parameter by its first name component: ``net.0.weight`` -> ``net``, and
+    ``encoder$$$fc1.weight`` (``pyro.module``'s naming) -> ``encoder``."""
+    return name.replace("$$$", ".").split(".")[0]
+
+
+def _drop_common_prefix(moments: GradientMoments) -> GradientMoments:
+    """``guide.net.0.weight`` -> ``net.0.weight`` when every name starts with ``guide.``
+    (a PyroModule's name), so groups are the guide's parts."""
+    heads = {n.split(".", 1)[0] for n in moments.mean}
+    if len(heads) != 1 or any("." not in n for n in moments.mean):
+        return moments
+    strip = {n: n.split(".", 1)[1] for n in moments.mean}
+    return GradientMoments(
+        moments.count,
+        {strip[n]: v for n, v in moments.mean.items()},
+        {strip[n]: v for n, v in moments.var.items()},
+    )
 
 
 def _summary(estimator: str, group: str, count: int, mean, var) -> dict[str, object]:
@@ -214,6 +236,7 @@ def gradient_table(
     """
     rows = []
     for key, m in moments.items():
+        m = _drop_common_prefix(m)
         groups: dict[str, list[str]] = {}
         for name in m.mean:
             groups.setdefault(group(name), []).append(name)
@@ -261,7 +284,7 @@ def _build_pair(args: argparse.Namespace, data):
     shape = DataShape(data.train.shape[1], data.image_shape, data.train.shape[0])
     model = MODELS[args.model](arch, shape)
     guide = GUIDES[args.guide](arch, shape, model)
-    if not _guide_params(guide):
+    if not [p for p in guide.parameters() if p.requires_grad]:
         raise ConfigError(f"the guide '{args.guide}' has no parameters to take gradients of")
     return model, guide
 

@@ -109,7 +109,9 @@ def test_score_function_and_reparameterized_gradients_have_the_exact_mean(moment
     exact = torch.autograd.grad(exact_elbo(model, guide, x), list(guide.parameters()))
     for key in ("trace", "score", "score-baseline"):
         m = moments[key]
-        for (name, _), g in zip(guide.named_parameters(), exact, strict=True):
+        for (module_name, _), g in zip(guide.named_parameters(), exact, strict=True):
+            # the param-store name: PyroModule 'guide', its nn.Module 'net' via pyro.module
+            name = "guide." + module_name.replace(".", "$$$", 1)
             se = (m.var[name] / m.count).sqrt()
             z = (m.mean[name] - g) / se
             assert z.abs().max() < Z, (key, name, z)
