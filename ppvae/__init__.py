@@ -18,6 +18,7 @@ from ppvae.checker import ModelGuideError, check, problems
 from ppvae.config import ArchConfig, ConfigError, DataShape
 from ppvae.data import DataError, Dataset, load_dataset
 from ppvae.evaluate import elbo_terms, evaluate, log_likelihood
+from ppvae.run import LoadedRun, RunConfig, load_run
 from ppvae.train import FitConfig, FitResult, TrainingError, fit
 
 __version__ = "0.1.0"
@@ -30,13 +31,16 @@ __all__ = [
     "Dataset",
     "FitConfig",
     "FitResult",
+    "LoadedRun",
     "ModelGuideError",
+    "RunConfig",
     "TrainingError",
     "check",
     "elbo_terms",
     "evaluate",
     "fit",
     "load_dataset",
+    "load_run",
     "log_likelihood",
     "problems",
 ]

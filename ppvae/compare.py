@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
+import pyro
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -220,7 +221,9 @@ def mixture_ppca(split: Split, config: CompareConfig) -> Row:
 
 
 def _svi(model_key: str, guide_key: str, split: Split, config: CompareConfig):
-    """Build a model and guide by registry key and train them by SVI on the float32 data."""
+    """Build a model and guide by registry key and train them by SVI on the float32 data
+    (from an empty param store: each row is a fresh fit)."""
+    pyro.clear_param_store()
     torch.manual_seed(config.seed)
     arch = ArchConfig(z_dim=config.z_dim, hidden=config.hidden)
     shape = DataShape(split.train.shape[1], split.image_shape, split.train.shape[0])
@@ -315,10 +318,9 @@ def compare(
 def _score(name: str, method: Callable, split: Split, config: CompareConfig) -> Row:
     try:
         return method(split, config)
-    except (ConfigError, DataError):
-        raise
     except ValueError as err:  # a baseline refusing the data, e.g. too few rows per component
-        raise ConfigError(f"{name}: {err}") from err
+        kind = type(err) if isinstance(err, ConfigError | DataError) else ConfigError
+        raise kind(f"{name}: {err}") from err
 
 
 def caption(config: CompareConfig, split: Split) -> str:

@@ -22,20 +22,11 @@ import pandas as pd
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
-from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
 from ppvae.data import validate_data
-from ppvae.pairs import (
-    DEFAULT_PLATE,
-    Structure,
-    batched,
-    claim_parameters,
-    data_frame,
-    probe,
-    run_pair,
-)
+from ppvae.pairs import DEFAULT_PLATE, batched, data_frame
+from ppvae.scoring import ScoredPair, draws, scored_pair
 
 MAX_ROWS = 1 << 15
 """Rows (examples x samples) pushed through a model and guide at once."""
@@ -59,127 +50,6 @@ class LogLikelihood(NamedTuple):
     log_px: torch.Tensor
     stderr: torch.Tensor
     num_samples: int
-
-
-def analytic_kl(q: dist.Distribution, p: dist.Distribution) -> torch.Tensor | None:
-    """KL(q || p) in closed form, or None where no formula is registered (flows, say).
-
-    A diagonal prior is promoted to a full Gaussian when q is one, since torch registers
-    KL only between Gaussians of the same kind.
-    """
-    if isinstance(q, dist.MultivariateNormal | dist.LowRankMultivariateNormal) and isinstance(
-        p, dist.Independent
-    ):
-        base = p.base_dist
-        if isinstance(base, dist.Normal):
-            p = dist.MultivariateNormal(base.loc, scale_tril=torch.diag_embed(base.scale))
-    try:
-        return kl_divergence(q, p)
-    except NotImplementedError:
-        return None
-
-
-def _per_row(log_prob: torch.Tensor, dim: int | None, nesting: int) -> torch.Tensor:
-    """Sum a log-density over every plate dimension but the examples' (``dim``); shape
-    (enum..., R), or (enum..., 1) outside the plate. Enumeration dims stay on the left."""
-    lp = log_prob.reshape((1,) * max(0, nesting - log_prob.dim()) + log_prob.shape)
-    if nesting == 0:
-        return lp.unsqueeze(-1)
-    plates = [lp.dim() + k for k in range(-nesting, 0) if k != dim]
-    if plates:
-        lp = lp.sum(plates, keepdim=True)
-    return lp.reshape(*lp.shape[: lp.dim() - nesting], -1)
-
-
-def _site_rows(site, plate: str, nesting: int) -> torch.Tensor:
-    lp = site["fn"].log_prob(site["value"])
-    if site["mask"] is not None:
-        lp = scale_and_mask(lp, mask=site["mask"])
-    frame = data_frame(site, plate)
-    return _per_row(lp, None if frame is None else frame.dim, nesting)
-
-
-def _joint(sites, plate: str, nesting: int) -> torch.Tensor:
-    """Sum of the sites' per-row log-densities with enumerated dimensions summed out: (R,).
-
-    No sites give a 0-d zero, which broadcasts."""
-    if not sites:
-        return torch.zeros(())
-    total = sum(_site_rows(s, plate, nesting) for s in sites)
-    return total.reshape(-1, total.shape[-1]).logsumexp(0)
-
-
-class _Pair(NamedTuple):
-    """A model and guide called ``(x, idx, num_data)`` and what they sample."""
-
-    model: object
-    guide: object
-    structure: Structure
-    plate: str
-
-    def traces(self, x, idx, copies: int):
-        """One trace of each on ``copies`` stacked copies of the rows of ``x``."""
-        rep_idx = None if idx is None else idx.repeat(copies)
-        st = self.structure
-        enum = st.max_plate_nesting if st.enumerated else None
-        return run_pair(self.model, self.guide, x.repeat(copies, 1), rep_idx, enumerate_at=enum)
-
-    def sites(self, model_trace, guide_trace):
-        """(the model's local latent sites, its observed sites, the guide's local sites)."""
-        st, m, g = self.structure, model_trace.nodes, guide_trace.nodes
-        latent = [m[n] for n in dict.fromkeys((*st.local_latents, *st.enumerated))]
-        observed = [m[n] for n in st.observed if data_frame(m[n], self.plate) is not None]
-        local = [g[n] for n in st.local_latents if n in g]
-        return latent, observed, local
-
-    def log_weights(self, model_trace, guide_trace) -> torch.Tensor:
-        """log p(x, z) - log q(z | x) per row, enumerated sites summed out: (R,)."""
-        latent, observed, local = self.sites(model_trace, guide_trace)
-        n = self.structure.max_plate_nesting
-        return _joint(latent + observed, self.plate, n) - _joint(local, self.plate, n)
-
-    def terms(self, model_trace, guide_trace, analytic: bool):
-        """(reconstruction, KL) per row: E log p(x | z) and log q(z | x) - log p(z) (or the
-        analytic KL where every local site has one and nothing is enumerated)."""
-        latent, observed, local = self.sites(model_trace, guide_trace)
-        n = self.structure.max_plate_nesting
-        log_pz = _joint(latent, self.plate, n)
-        rec = _joint(latent + observed, self.plate, n) - log_pz
-        kl = self._analytic_kl(model_trace, guide_trace) if analytic else None
-        if kl is None:
-            kl = _joint(local, self.plate, n) - log_pz
-        return rec, kl
-
-    def _analytic_kl(self, model_trace, guide_trace) -> torch.Tensor | None:
-        if self.structure.enumerated:
-            return None
-        total = 0.0
-        for name in self.structure.local_latents:
-            p, q = model_trace.nodes[name], guide_trace.nodes.get(name)
-            kl = None if q is None else analytic_kl(q["fn"], p["fn"])
-            if kl is None or p["mask"] is not None:
-                return None
-            nesting = self.structure.max_plate_nesting
-            total = total + _per_row(kl, data_frame(p, self.plate).dim, nesting)
-        return total
-
-
-def _pair(model, guide, x, idx, plate: str) -> _Pair:
-    model, guide = batched(model, plate), batched(guide, plate)
-    claim_parameters(model, guide, x, idx)
-    return _Pair(model, guide, probe(model, guide, x, idx, plate), plate)
-
-
-def _draws(pair: _Pair, x, idx, k: int, fn) -> list[torch.Tensor]:
-    """``fn(model_trace, guide_trace)`` on ``k`` draws of the latents for each row of ``x``:
-    per-row tensors of shape (k, B). One trace for all draws unless there are global latents."""
-    copies = 1 if pair.structure.global_latents else k
-    parts = []
-    for _ in range(k // copies):
-        out = fn(*pair.traces(x, idx, copies))
-        out = out if isinstance(out, tuple) else (out,)
-        parts.append([t.reshape(copies, x.shape[0]) for t in out])
-    return [torch.cat(column) for column in zip(*parts, strict=True)]
 
 
 def _row_chunks(n: int, per_row: int):
@@ -226,22 +96,22 @@ def elbo_terms(
         reconstruction is log p(x | z) with them summed out and the KL is log q(z|x) - log p(z).
     """
     _checked(x, model)
-    pair = _pair(model, guide, x, idx, plate)
+    pair = scored_pair(model, guide, x, idx, plate)
     parts = []
     for rows in _row_chunks(x.shape[0], num_samples):
         sub = None if idx is None else idx[rows]
-        rec, kl = _draws(pair, x[rows], sub, num_samples, lambda m, g: pair.terms(m, g, analytic))
+        rec, kl = draws(pair, x[rows], sub, num_samples, lambda m, g: pair.terms(m, g, analytic))
         parts.append((rec.mean(0), kl.mean(0)))
     rec, kl = (torch.cat(t) for t in zip(*parts, strict=True))
     return ElboTerms(rec - kl, rec, kl)
 
 
-def _streamed_log_moments(pair: _Pair, x, idx, num_samples: int):
+def _streamed_log_moments(pair: ScoredPair, x, idx, num_samples: int):
     """Running logsumexp of w and of w^2 over chunks of samples, each of shape (B,)."""
     k_step = max(1, min(num_samples, MAX_ROWS // x.shape[0]))
     lse1 = lse2 = x.new_full((x.shape[0],), -math.inf)
     for start in range(0, num_samples, k_step):
-        (log_w,) = _draws(pair, x, idx, min(k_step, num_samples - start), pair.log_weights)
+        (log_w,) = draws(pair, x, idx, min(k_step, num_samples - start), pair.log_weights)
         lse1 = torch.logaddexp(lse1, log_w.logsumexp(0))
         lse2 = torch.logaddexp(lse2, (2 * log_w).logsumexp(0))
     return lse1, lse2
@@ -277,7 +147,7 @@ def log_likelihood(
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     _checked(x, model)
-    pair = _pair(model, guide, x, idx, plate)
+    pair = scored_pair(model, guide, x, idx, plate)
     log_px, stderr = [], []
     log_k = math.log(num_samples)
     chunks = _row_chunks(x.shape[0], min(num_samples, MAX_ROWS))

@@ -251,3 +251,27 @@ def claim_parameters(model, guide, x, idx=None) -> list[str]:
     for name in stale:
         del store[name]
     return stale
+
+
+def place(model, guide, x: torch.Tensor, device: torch.device, plate: str = DEFAULT_PLATE) -> None:
+    """The pair's parameters to ``device`` and ``x``'s floating dtype, in place.
+
+    One trace on the rows of ``x`` where they are registers every parameter (and drops stale
+    param-store entries, :func:`claim_parameters`); modules move with ``.to``, and every other
+    param-store tensor the pair uses (``pyro.param``, ``pyro.module`` networks of plain
+    functions) has its data replaced, so the tensor Pyro and the networks share stays one.
+    """
+    calls = batched(model, plate), batched(guide, plate)
+    claim_parameters(*calls, x)
+    try:
+        with aside(x):
+            traces = run_pair(*calls, x[:2])
+    except Exception:  # a broken pair is reported by the checker, on the device
+        traces = ()
+    for module in (m for m in (model, guide) if isinstance(m, torch.nn.Module)):
+        module.to(device=device, dtype=x.dtype)
+    with torch.no_grad():
+        for tensor in param_tensors(*traces).values():
+            dtype = x.dtype if tensor.is_floating_point() else tensor.dtype
+            if tensor.device != device or tensor.dtype != dtype:
+                tensor.data = tensor.data.to(device, dtype)

@@ -10,14 +10,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
+import pyro
 import torch
 
+from ppvae import checkpoint as ckpt
 from ppvae import plots
 from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig, atomic_write_text
 from ppvae.data import BINARIZATIONS, DATASETS, Dataset, load_dataset
 from ppvae.evaluate import evaluate, generate, posterior_means, reconstruct
 from ppvae.guides import GUIDES
 from ppvae.models import MODELS
+from ppvae.pairs import place
 from ppvae.train import FitConfig, FitResult, fit, resolve_device
 
 CONFIG, HISTORY, CHECKPOINT, METRICS = "config.json", "history.csv", "checkpoint.pt", "metrics.csv"
@@ -139,9 +142,11 @@ def train(
     (every epoch and on Ctrl-C), and when training completes ``metrics.csv`` (test ELBO and
     importance-sampled log p(x)), ``elbo.png``, ``reconstructions.png``, ``samples.png``, and
     ``latent.png`` when z is 2-D. Nothing is written until the data, model and guide are built.
+    The run starts from an empty param store, as a new process would.
     """
     out = Path(out)
     data = load_data(run)
+    pyro.clear_param_store()
     model, guide = build(run, data)
     _prepare_dir(out, resume, overwrite)
     run.save(out / CONFIG)
@@ -173,3 +178,58 @@ def resumed_config(out: str | os.PathLike, epochs: int | None) -> RunConfig:
     if epochs is None:
         return run
     return replace(run, fit=replace(run.fit, epochs=epochs))
+
+
+class LoadedRun(NamedTuple):
+    """A saved run, back with its trained parameters (see :func:`load_run`).
+
+    Attributes
+    ----------
+    config : RunConfig
+    model, guide
+        Built from ``config`` by the registries, holding the checkpoint's parameters (also in
+        Pyro's param store, under their names).
+    data : Dataset
+        The run's data, as :func:`load_data` gives it.
+    history : DataFrame
+        One row per epoch trained so far.
+    """
+
+    config: RunConfig
+    model: torch.nn.Module
+    guide: torch.nn.Module
+    data: Dataset
+    history: pd.DataFrame
+
+
+def load_run(out: str | os.PathLike, *, device: str = "cpu") -> LoadedRun:
+    """Load the run saved in ``out`` (``ppvae train --out``): config, model, guide, data, history.
+
+    The model and guide are rebuilt from ``config.json`` and get the parameters of
+    ``checkpoint.pt`` (the last finished epoch, or where Ctrl-C stopped), on ``device``::
+
+        run = ppvae.load_run("runs/demo")
+        ppvae.evaluate(run.model, run.guide, run.data.test)
+
+    Raises
+    ------
+    ConfigError
+        When ``out`` holds no run, or its files cannot be read.
+    """
+    out = Path(out)
+    if not (out / CHECKPOINT).exists():
+        raise ConfigError(f"no run in {out}: {out / CHECKPOINT} does not exist")
+    run = RunConfig.load(out / CONFIG)
+    data = load_data(run)
+    model, guide = build(run, data)
+    like = data.train[:2].to(resolve_device(device))
+    place(model, guide, data.train[:2], like.device, run.fit.plate)
+    try:
+        saved = ckpt.load(out / CHECKPOINT)
+        for obj, key in ((model, "model"), (guide, "guide")):
+            obj.load_state_dict(saved[key])
+        ckpt.restore_params(saved["params"], like)
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise ConfigError(f"cannot load the run in {out}: {err}") from None
+    history = pd.read_csv(out / HISTORY) if (out / HISTORY).exists() else pd.DataFrame()
+    return LoadedRun(run, model, guide, data, history)

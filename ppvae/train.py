@@ -27,15 +27,7 @@ from ppvae.config import ConfigError, JsonConfig
 from ppvae.data import Dataset, binarize_sample, validate_data
 from ppvae.evaluate import elbo_terms
 from ppvae.objectives import OBJECTIVES, LatentScale
-from ppvae.pairs import (
-    DEFAULT_PLATE,
-    Structure,
-    batched,
-    claim_parameters,
-    param_tensors,
-    probe,
-    run_pair,
-)
+from ppvae.pairs import DEFAULT_PLATE, Structure, batched, place, probe
 
 HISTORY_COLUMNS = [
     "epoch",
@@ -203,28 +195,6 @@ def _inputs(data: Dataset | torch.Tensor, model):
     return train, test, dynamic
 
 
-def _move(model, guide, calls, x: torch.Tensor, device: torch.device) -> None:
-    """The pair's parameters to the training device and dtype, in place.
-
-    One trace on the rows of ``x`` where they are registers every parameter (and drops stale
-    param-store entries, :func:`ppvae.pairs.claim_parameters`); modules move with ``.to``, and
-    every other param-store tensor the pair uses (``pyro.param``, ``pyro.module`` networks of
-    plain functions) has its data replaced, so the tensor Pyro and the networks share stays one.
-    """
-    claim_parameters(*calls, x)
-    try:
-        traces = run_pair(*calls, x[:2])
-    except Exception:  # a broken pair is reported by the checker, on the device
-        traces = ()
-    for module in _modules(model, guide):
-        module.to(device=device, dtype=x.dtype)
-    with torch.no_grad():
-        for tensor in param_tensors(*traces).values():
-            dtype = x.dtype if tensor.is_floating_point() else tensor.dtype
-            if tensor.device != device or tensor.dtype != dtype:
-                tensor.data = tensor.data.to(device, dtype)
-
-
 def _svi(calls, optim, config: FitConfig, structure: Structure) -> tuple[SVI, LatentScale]:
     objective = OBJECTIVES[config.objective]
     scale = LatentScale(config.beta)
@@ -252,10 +222,6 @@ def _kl_weight(config: FitConfig, epoch: int, step: int, steps: int) -> float:
         return config.beta
     done = (epoch * steps + step + 1) / (config.kl_warmup_epochs * steps)
     return config.beta * min(1.0, done)
-
-
-def _modules(*objs):
-    return [m for m in objs if isinstance(m, torch.nn.Module)]
 
 
 def _state(progress: _Progress, model, guide, optim, config: FitConfig) -> dict[str, Any]:
@@ -416,7 +382,7 @@ def fit(
     device = resolve_device(config.device)
     train, test, dynamic = _inputs(data, model)
     calls = batched(model, config.plate), batched(guide, config.plate)
-    _move(model, guide, calls, train, device)
+    place(model, guide, train, device, config.plate)
     train, test = train.to(device), None if test is None else test.to(device)
     n, b = train.shape[0], min(config.batch_size, train.shape[0])
     batch = (train[:b], torch.arange(b, device=device))

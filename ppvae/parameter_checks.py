@@ -1,0 +1,89 @@
+"""Checks that a pair's parameters reach Pyro: every trainable tensor it computes with must be
+a parameter Pyro sees (registered with ``pyro.module``, ``pyro.param`` or a ``PyroModule``),
+or SVI silently never trains it. Used by :func:`ppvae.checker.problems`.
+"""
+
+import torch
+
+from ppvae.pairs import param_tensors, sample_sites
+
+
+def _module_problems(model, guide, seen: set[int]) -> tuple[list[str], set[int]]:
+    problems, covered = [], set()
+    for who, obj in (("model", model), ("guide", guide)):
+        if not isinstance(obj, torch.nn.Module):
+            continue
+        hidden = [
+            (n, p) for n, p in obj.named_parameters() if p.requires_grad and id(p) not in seen
+        ]
+        if hidden:
+            names = ", ".join(n for n, _ in hidden[:4]) + (", ..." if len(hidden) > 4 else "")
+            covered |= {id(p) for _, p in hidden}
+            problems.append(
+                f"the {who} has parameters that Pyro never sees ({names}), so SVI would not "
+                f"train them: make the {who} a pyro.nn.PyroModule, or call "
+                f"pyro.module('{who}', self) at the top of its forward"
+            )
+    return problems, covered
+
+
+def _graph_leaves(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The leaf tensors that require grad and that ``tensor`` was computed from."""
+    stack, seen, leaves = [tensor.grad_fn], set(), []
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if getattr(fn, "variable", None) is not None:
+            leaves.append(fn.variable)
+        stack.extend(f for f, _ in fn.next_functions)
+    return leaves
+
+
+def _log_density(*traces) -> torch.Tensor | None:
+    total = None
+    for trace in traces:
+        for site in sample_sites(trace).values():
+            lp = site["fn"].log_prob(site["value"]).sum()
+            total = lp if total is None else total + lp
+    return total
+
+
+def _unseen_problems(traces, seen: set[int], covered: set[int]) -> list[str]:
+    """Trainable tensors the pair computes with but never shows Pyro (a network called without
+    pyro.module, or one whose name the param store already holds from an earlier model)."""
+    try:
+        total = _log_density(*traces)
+    except (ValueError, RuntimeError):
+        return []  # reported by the likelihood check
+    if total is None or total.grad_fn is None:
+        return []
+    leaves = _graph_leaves(total)
+    hidden = [t for t in leaves if t.requires_grad and id(t) not in seen | covered]
+    if not hidden:
+        return []
+    shapes = ", ".join(str(tuple(t.shape)) for t in hidden[:4]) + (
+        ", ..." if len(hidden) > 4 else ""
+    )
+    stale = sorted(n for n, t in param_tensors(*traces).items() if id(t) not in map(id, leaves))
+    why = (
+        f"; the param store already holds {', '.join(stale[:3])} from an earlier model, so Pyro "
+        "optimizes those stored tensors instead: call pyro.clear_param_store() before building a "
+        "new model"
+        if stale
+        else ": register each network with pyro.module('name', net) at the top of the model or "
+        "guide, or make it a pyro.nn.PyroModule"
+    )
+    return [
+        f"the pair computes with {len(hidden)} trainable tensor(s) that Pyro never sees (shapes "
+        f"{shapes}), so SVI would not train them{why}"
+    ]
+
+
+def param_problems(model, guide, traces) -> list[str]:
+    """Plain-word problems with the parameters of the pair behind ``traces``."""
+    seen = {id(t) for t in param_tensors(*traces).values()}
+    problems, covered = _module_problems(model, guide, seen)
+    with torch.enable_grad():
+        return problems + _unseen_problems(traces, seen, covered)
