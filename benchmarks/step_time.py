@@ -1,50 +1,141 @@
-"""Seconds per SVI step, side by side in one run: how batches are fed, and JIT or not.
+"""Seconds per training step, side by side in one run: ppvae's fit against PyTorch by hand.
 
-Variants (all train the same 784-400-50 Bernoulli VAE on Fashion-MNIST, batch 128):
+Every variant trains the same 784-400-50 Bernoulli VAE (softplus MLPs, diagonal Gaussian
+encoder) with Adam at lr 1e-3 on statically binarized Fashion-MNIST:
 
-- ``index``: ppvae's way: a shuffled index into a tensor already on the device;
-- ``dataloader``: the Pyro tutorial's way: torchvision's dataset with ``ToTensor`` and a
-  ``DataLoader`` (per-item transforms and per-batch collation);
-- ``index+jit``: the index way with ``JitTrace_ELBO``.
+- ``hand``: eager PyTorch written by hand: encoder, decoder, the analytic KL,
+  ``torch.optim.Adam``, and a loop over shuffled index batches of a tensor on the device;
+- ``pyro tutorial``: Pyro's VAE tutorial loop: ``SVI`` with ``Trace_ELBO`` and
+  ``pyro.optim.Adam``, batches from torchvision's dataset through a ``DataLoader``;
+- ``fit``: the step ``ppvae.fit`` takes (``ppvae.train.training_step``): the ELBO from Pyro's
+  traces, one Adam over the param store, no host synchronization;
+- ``pyro jit``: the same pair with ``SVI`` and ``JitTrace_ELBO``, what ``--jit`` used to run.
 
-Blocks of steps are interleaved round-robin and repeated, so load on this noisy machine hits
-every variant alike; the table reports each variant's median time per step and its ratio to
-``index``. Writes ``benchmarks/results/step_time.{csv,md}``.
+Blocks of steps are interleaved round-robin and repeated, so load on a noisy machine hits every
+variant alike; the table gives each variant's median seconds per step and its ratio to
+``hand``. Writes ``benchmarks/results/step_time_<device>.{csv,md}``::
 
-    python benchmarks/step_time.py [--repeats 5] [--steps 50] [--device cpu]
+    python benchmarks/step_time.py [--device cpu|cuda] [--batch-size 128] [--repeats 7]
 """
 
 import argparse
 import itertools
+import platform
 import time
 import warnings
 from pathlib import Path
 
 import pandas as pd
 import pyro
+import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from torch import nn
 
-from ppvae.config import ArchConfig, DataShape
+from ppvae import ArchConfig, DataShape, FitConfig
 from ppvae.data import load_dataset, resolve_root
-from ppvae.guides import AmortizedGuide, DiagonalNormalHead, encoder_net
-from ppvae.models import VAE, BernoulliDecoder, decoder_net
-from ppvae.train import resolve_device
+from ppvae.guides import GUIDES
+from ppvae.models import MODELS
+from ppvae.train import resolve_device, training_step
 
 RESULTS = Path(__file__).parent / "results"
-ARCH = ArchConfig(z_dim=50, hidden=(400,))
+D, H, Q, LR = 784, 400, 50, 1e-3
 
 
-def make_svi(tag: str, num_data: int, jit: bool, device):
-    """An SVI on a fresh VAE whose parameter names carry ``tag``: the variants share one
-    param store, and the compiled objective must find its own parameters there by name."""
-    shape = DataShape(784, (1, 28, 28), num_data)
-    model = VAE(BernoulliDecoder(decoder_net(ARCH, shape)), ARCH.z_dim, name=f"model_{tag}")
-    head = DiagonalNormalHead(ARCH.z_dim)
-    guide = AmortizedGuide(encoder_net(ARCH, shape, head.param_dim), head, name=f"guide_{tag}")
-    model, guide = model.to(device), guide.to(device)
-    loss = JitTrace_ELBO() if jit else Trace_ELBO()
-    return SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=loss)
+class HandVAE(nn.Module):
+    """The same networks, the ELBO written out: what a user would write by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(D, H), nn.Softplus(), nn.Linear(H, 2 * Q))
+        self.decoder = nn.Sequential(nn.Linear(Q, H), nn.Softplus(), nn.Linear(H, D))
+
+    def loss(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+        loc, rho = self.encoder(x).chunk(2, -1)
+        sigma = F.softplus(rho) + 1e-5
+        z = loc + sigma * torch.randn_like(sigma)
+        rec = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum")
+        kl = 0.5 * (loc.square() + sigma.square() - 1 - 2 * sigma.log()).sum()
+        return scale * (kl - rec)
+
+
+def hand(train: torch.Tensor, batch: int):
+    vae = HandVAE().to(train.device)
+    optim = torch.optim.Adam(vae.parameters(), lr=LR)
+    scale = len(train) / batch
+
+    def step(x, idx):
+        loss = vae.loss(x, scale)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+
+    return step, index_batches(train, batch)
+
+
+class TutorialVAE(nn.Module):
+    """Pyro's tutorial VAE (examples/vae/vae.py), model and guide as Pyro writes them."""
+
+    def __init__(self, prefix: str = ""):
+        super().__init__()
+        self.prefix = prefix  # variants share the param store: their names must differ
+        self.encoder = nn.Sequential(nn.Linear(D, H), nn.Softplus(), nn.Linear(H, 2 * Q))
+        self.decoder = nn.Sequential(nn.Linear(Q, H), nn.Softplus(), nn.Linear(H, D))
+
+    def model(self, x):
+        pyro.module(self.prefix + "decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("latent", dist.Normal(x.new_zeros(x.shape[0], Q), 1.0).to_event(1))
+            logits = self.decoder(z)
+            pyro.sample(
+                "obs", dist.Bernoulli(logits=logits, validate_args=False).to_event(1), obs=x
+            )
+
+    def guide(self, x):
+        pyro.module(self.prefix + "encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, rho = self.encoder(x).chunk(2, -1)
+            pyro.sample("latent", dist.Normal(loc, F.softplus(rho) + 1e-5).to_event(1))
+
+
+def pyro_tutorial(train: torch.Tensor, batch: int):
+    from torchvision import datasets, transforms
+
+    vae = TutorialVAE().to(train.device)
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": LR}), loss=Trace_ELBO())
+    root = resolve_root("fashion-mnist")
+    binary = transforms.Compose([transforms.ToTensor(), lambda x: (x > 0.5).float().view(-1)])
+    ds = datasets.FashionMNIST(root, train=True, transform=binary)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True)
+
+    def batches():
+        while True:
+            for x, _ in loader:
+                yield x.to(train.device), None
+
+    return (lambda x, idx: svi.step(x)), batches()
+
+
+def catalogue_pair(n: int, device):
+    arch, shape = ArchConfig(z_dim=Q, hidden=(H,)), DataShape(D, (1, 28, 28), n)
+    model = MODELS["bernoulli"](arch, shape)
+    return model, GUIDES["diag"](arch, shape, model)
+
+
+def fit_step(train: torch.Tensor, batch: int):
+    pyro.clear_param_store()
+    model, guide = catalogue_pair(len(train), train.device)
+    config = FitConfig(batch_size=batch, lr=LR, device=str(train.device))
+    step = training_step(model, guide, train, config)
+    return (lambda x, idx: step(x, idx, len(train))), index_batches(train, batch)
+
+
+def pyro_jit(train: torch.Tensor, batch: int):
+    vae = TutorialVAE(prefix="jit_").to(train.device)
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": LR}), JitTrace_ELBO())
+    scale = len(train) / batch
+    return (lambda x, idx: svi.step(x) * scale), index_batches(train, batch)
 
 
 def index_batches(train: torch.Tensor, batch: int):
@@ -54,79 +145,65 @@ def index_batches(train: torch.Tensor, batch: int):
             yield train[idx], idx
 
 
-def dataloader_batches(device, batch: int):
-    from torchvision import datasets, transforms
-
-    root = resolve_root("fashion-mnist")
-    ds = datasets.FashionMNIST(root, train=True, transform=transforms.ToTensor())
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True)
-    offset = torch.arange(batch, device=device)
-    while True:
-        for x, _ in loader:
-            yield x.to(device).reshape(-1, 784), offset
-
-
-def timed_block(svi, batches, steps: int, n: int, device) -> float:
+def timed_block(step, batches, steps: int, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
-        x, idx = next(batches)
-        svi.step(x, idx, num_data=n)
+        step(*next(batches))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / steps
 
 
+VARIANTS = {"hand": hand, "pyro tutorial": pyro_tutorial, "fit": fit_step, "pyro jit": pyro_jit}
+
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--steps", type=int, default=40)
     args = p.parse_args()
     device = resolve_device(args.device)
-    train = load_dataset("fashion-mnist").train.to(device)
-    n = len(train)
-    variants = {
-        "index": (make_svi("a", n, False, device), index_batches(train, args.batch_size)),
-        "dataloader": (
-            make_svi("b", n, False, device),
-            dataloader_batches(device, args.batch_size),
-        ),
-        "index+jit": (make_svi("c", n, True, device), index_batches(train, args.batch_size)),
-    }
-    rows = []
+    train = load_dataset("fashion-mnist", binarize="static").train.to(device)
+    torch.manual_seed(0)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.trace's deprecation and tracer warnings
-        for svi, batches in variants.values():  # warm-up (and JIT compilation)
-            timed_block(svi, batches, 5, n, device)
-        for rep, (name, (svi, batches)) in itertools.product(
-            range(args.repeats), variants.items()
-        ):
-            rows.append(
-                {
-                    "repeat": rep,
-                    "variant": name,
-                    "seconds_per_step": timed_block(svi, batches, args.steps, n, device),
-                }
-            )
+        warnings.simplefilter("ignore")  # torch.jit.trace's tracer warnings
+        variants = {name: make(train, args.batch_size) for name, make in VARIANTS.items()}
+        for step, batches in variants.values():  # warm-up, and the JIT's compilation
+            timed_block(step, batches, 5, device)
+        rows = [
+            {"repeat": r, "variant": name, "seconds_per_step": timed_block(*v, args.steps, device)}
+            for r, (name, v) in itertools.product(range(args.repeats), variants.items())
+        ]
     write(pd.DataFrame(rows), args, device)
 
 
 def write(raw: pd.DataFrame, args, device) -> None:
-    table = (
-        raw.groupby("variant", sort=False)["seconds_per_step"]
-        .median()
-        .to_frame("median_s_per_step")
-    )
-    table["ratio_to_index"] = table["median_s_per_step"] / table.loc["index", "median_s_per_step"]
+    table = raw.groupby("variant", sort=False)["seconds_per_step"].median()
+    table = table.to_frame("median_s_per_step").reset_index()
+    table["ratio_to_hand"] = table["median_s_per_step"] / table["median_s_per_step"].iloc[0]
+    table["device"] = device_name(device)
     RESULTS.mkdir(exist_ok=True)
-    raw.to_csv(RESULTS / "step_time.csv", index=False)
+    stem = RESULTS / f"step_time_{device.type}"
+    table.to_csv(f"{stem}.csv", index=False)
     note = (
-        f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
-        f"{args.repeats} interleaved repeats of {args.steps} steps; medians\n\n"
+        f"784-400-50 Bernoulli VAE, Adam lr {LR}, batch {args.batch_size}, "
+        f"{args.repeats} interleaved repeats of {args.steps} steps, medians; "
+        f"torch {torch.__version__}, pyro {pyro.__version__}\n\n"
     )
-    (RESULTS / "step_time.md").write_text(note + table.to_markdown(floatfmt=".4g") + "\n")
-    print(note + table.to_markdown(floatfmt=".4g"))
+    text = note + table.to_markdown(index=False, floatfmt=".4g") + "\n"
+    Path(f"{stem}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,40 @@ from ppvae.pairs import DEFAULT_PLATE, batched, data_frame
 from ppvae.scoring import ScoredPair, draws, scored_pair
 
 MAX_ROWS = 1 << 15
-"""Rows (examples x samples) pushed through a model and guide at once."""
+"""Rows (examples x samples) pushed through a model and guide at once on the CPU."""
+
+MEMORY_FRACTION = 0.5
+"""Share of the free CUDA memory that one chunk of rows may take."""
+
+ROW_LIMITS = (1 << 10, 1 << 22)
+"""Bounds on the rows of a chunk sized from CUDA memory."""
+
+
+def rows_for(free_bytes: int, bytes_per_row: int) -> int:
+    """Rows per chunk that fit ``MEMORY_FRACTION`` of ``free_bytes``, within ``ROW_LIMITS``.
+
+    Examples
+    --------
+    >>> rows_for(free_bytes=8 * 2**30, bytes_per_row=64 * 2**10)  # 8 GiB free, 64 KiB a row
+    65536
+    """
+    rows = int(MEMORY_FRACTION * free_bytes) // max(bytes_per_row, 1)
+    return max(ROW_LIMITS[0], min(ROW_LIMITS[1], rows))
+
+
+def _chunk_rows(pair: ScoredPair, x: torch.Tensor, idx) -> int:
+    """Rows per chunk: :data:`MAX_ROWS` on the CPU; on CUDA, from the free memory and the
+    peak memory of scoring a probe of rows (measured, so any model sizes itself)."""
+    if x.device.type != "cuda":
+        return MAX_ROWS
+    probe_rows = min(256, x.shape[0])
+    base = torch.cuda.memory_allocated(x.device)
+    torch.cuda.reset_peak_memory_stats(x.device)
+    sub = None if idx is None else idx[:probe_rows]
+    draws(pair, x[:probe_rows], sub, 1, pair.log_weights)
+    peak = torch.cuda.max_memory_allocated(x.device) - base
+    free, _ = torch.cuda.mem_get_info(x.device)
+    return rows_for(free, peak // probe_rows)
 
 
 class ElboTerms(NamedTuple):
@@ -52,8 +85,8 @@ class LogLikelihood(NamedTuple):
     num_samples: int
 
 
-def _row_chunks(n: int, per_row: int):
-    step = max(1, MAX_ROWS // max(per_row, 1))
+def _row_chunks(n: int, per_row: int, max_rows: int = MAX_ROWS):
+    step = max(1, max_rows // max(per_row, 1))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
@@ -98,7 +131,7 @@ def elbo_terms(
     _checked(x, model)
     pair = scored_pair(model, guide, x, idx, plate)
     parts = []
-    for rows in _row_chunks(x.shape[0], num_samples):
+    for rows in _row_chunks(x.shape[0], num_samples, _chunk_rows(pair, x, idx)):
         sub = None if idx is None else idx[rows]
         rec, kl = draws(pair, x[rows], sub, num_samples, lambda m, g: pair.terms(m, g, analytic))
         parts.append((rec.mean(0), kl.mean(0)))
@@ -106,9 +139,9 @@ def elbo_terms(
     return ElboTerms(rec - kl, rec, kl)
 
 
-def _streamed_log_moments(pair: ScoredPair, x, idx, num_samples: int):
+def _streamed_log_moments(pair: ScoredPair, x, idx, num_samples: int, max_rows: int):
     """Running logsumexp of w and of w^2 over chunks of samples, each of shape (B,)."""
-    k_step = max(1, min(num_samples, MAX_ROWS // x.shape[0]))
+    k_step = max(1, min(num_samples, max_rows // x.shape[0]))
     lse1 = lse2 = x.new_full((x.shape[0],), -math.inf)
     for start in range(0, num_samples, k_step):
         (log_w,) = draws(pair, x, idx, min(k_step, num_samples - start), pair.log_weights)
@@ -135,7 +168,8 @@ def log_likelihood(
     where z are the local latents (enumerated ones summed out) and global latents are drawn
     from the guide once per sample (see the module's notes). The estimate is a stochastic lower
     bound that rises with K towards log p(x). Samples and examples are processed in chunks of at
-    most :data:`MAX_ROWS` rows, so K = 5000 fits in memory on CPU or GPU.
+    most :data:`MAX_ROWS` rows on the CPU, and on CUDA as many as half the free memory holds
+    (measured on a probe), so K = 5000 fits in memory on either.
 
     ``progress`` shows a bar over the chunks of examples (default: only on a terminal).
 
@@ -150,11 +184,12 @@ def log_likelihood(
     pair = scored_pair(model, guide, x, idx, plate)
     log_px, stderr = [], []
     log_k = math.log(num_samples)
-    chunks = _row_chunks(x.shape[0], min(num_samples, MAX_ROWS))
+    max_rows = _chunk_rows(pair, x, idx)
+    chunks = _row_chunks(x.shape[0], min(num_samples, max_rows), max_rows)
     shown = sys.stderr.isatty() if progress is None else progress
     for rows in tqdm(chunks, desc=f"log p(x), K={num_samples}", disable=not shown):
         sub = None if idx is None else idx[rows]
-        lse1, lse2 = _streamed_log_moments(pair, x[rows], sub, num_samples)
+        lse1, lse2 = _streamed_log_moments(pair, x[rows], sub, num_samples, max_rows)
         rel_var = (lse2 - 2 * lse1 + log_k).exp() - 1  # Var[w] / mean(w)^2
         log_px.append(lse1 - log_k)
         stderr.append((rel_var.clamp(min=0) / num_samples).sqrt())

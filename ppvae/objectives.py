@@ -23,6 +23,8 @@ from pyro.infer import (
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from ppvae.losses import lean_loss
+
 
 def _is_latent(msg: dict[str, Any]) -> bool:
     """A sample site that is neither observed nor a plate's subsample site."""
@@ -121,6 +123,9 @@ class Objective:
         Draw the particles in one vectorized pass.
     enumerates : bool
         Sums out the model's discrete latent sites that are marked for enumeration.
+    lean : str or None
+        The sync-free loss of :mod:`ppvae.losses` that training uses (``trace``,
+        ``mean-field`` or ``iwae``); None trains with the Pyro estimator's own loss.
     options : dict
         Extra keyword arguments for the estimator (``alpha`` for Renyi).
 
@@ -137,6 +142,7 @@ class Objective:
     baseline: bool = False
     vectorize: bool = False
     enumerates: bool = False
+    lean: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def build(self, num_particles: int = 1, jit: bool = False, max_plate_nesting: int = 1) -> ELBO:
@@ -155,6 +161,30 @@ class Objective:
             **self.options,
         )
 
+    def loss_fn(self, model, guide, *, num_particles: int, max_plate_nesting: int, plate: str):
+        """The training loss, ``loss(x, idx, num_data) -> Tensor``: value minus the bound,
+        gradient minus the surrogate's; ``model`` and ``guide`` are called ``(x, idx,
+        num_data)``. Sync-free where ``lean`` is set; else the Pyro estimator's own loss."""
+        guide = self.wrap_guide(guide)
+        if self.lean is not None:
+            return lean_loss(
+                self.lean,
+                model,
+                guide,
+                num_particles=num_particles,
+                nesting=max_plate_nesting,
+                plate=plate,
+            )
+        elbo = self.build(num_particles, max_plate_nesting=max_plate_nesting)
+        if isinstance(elbo, TraceGraph_ELBO):  # its public calls end in .item()
+
+            def graph_loss(*args):
+                value, surrogate = elbo._loss_and_surrogate_loss(model, guide, args, {})
+                return surrogate + (-value - surrogate).detach()
+
+            return graph_loss
+        return lambda *args: elbo.differentiable_loss(model, guide, *args)
+
     def wrap_guide(self, guide):
         """The guide as this objective needs it (unchanged for reparameterized objectives)."""
         if self.reparameterized:
@@ -167,16 +197,20 @@ OBJECTIVES: dict[str, Objective] = {
         description="ELBO with a Monte Carlo KL term, reparameterized (Trace_ELBO)",
         elbo=Trace_ELBO,
         jit_elbo=JitTrace_ELBO,
+        lean="trace",
     ),
     "mean-field": Objective(
         description="ELBO with the analytic KL where it exists (TraceMeanField_ELBO)",
         elbo=TraceMeanField_ELBO,
         jit_elbo=JitTraceMeanField_ELBO,
+        lean="mean-field",
     ),
     "iwae": Objective(
-        description="importance-weighted bound with K = num_particles (RenyiELBO, alpha=0)",
+        description="importance-weighted bound with K = num_particles, per example "
+        "(RenyiELBO, alpha=0, with the minibatch scale applied after the log-mean-exp)",
         elbo=RenyiELBO,
         vectorize=True,
+        lean="iwae",
         options={"alpha": 0.0},
     ),
     "score": Objective(
@@ -184,6 +218,7 @@ OBJECTIVES: dict[str, Objective] = {
         elbo=Trace_ELBO,
         jit_elbo=JitTrace_ELBO,
         reparameterized=False,
+        lean="trace",
     ),
     "enum": Objective(
         description="ELBO with discrete latents the guide leaves out summed out exactly "

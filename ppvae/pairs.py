@@ -263,11 +263,18 @@ def place(model, guide, x: torch.Tensor, device: torch.device, plate: str = DEFA
     """
     calls = batched(model, plate), batched(guide, plate)
     claim_parameters(*calls, x)
-    try:
-        with aside(x):
-            traces = run_pair(*calls, x[:2])
-    except Exception:  # a broken pair is reported by the checker, on the device
-        traces = ()
+    traces = ()
+    store = pyro.get_param_store()
+    # the pair's networks may still be where they were built (CPU, float32) whatever x is
+    for rows in (x[:2], x[:2].to("cpu", torch.get_default_dtype())):
+        before = set(store.keys())
+        try:
+            with aside(x):
+                traces = run_pair(*calls, rows)
+            break
+        except Exception:  # a broken pair is reported by the checker, on the device
+            for name in set(store.keys()) - before:  # values made for rows that failed
+                del store[name]
     for module in (m for m in (model, guide) if isinstance(m, torch.nn.Module)):
         module.to(device=device, dtype=x.dtype)
     with torch.no_grad():

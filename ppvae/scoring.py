@@ -34,7 +34,7 @@ def analytic_kl(q: dist.Distribution, p: dist.Distribution) -> torch.Tensor | No
         return None
 
 
-def _per_row(log_prob: torch.Tensor, dim: int | None, nesting: int) -> torch.Tensor:
+def per_row(log_prob: torch.Tensor, dim: int | None, nesting: int) -> torch.Tensor:
     """Sum a log-density over every plate dimension but the examples' (``dim``); shape
     (enum..., R), or (enum..., 1) outside the plate. Enumeration dims stay on the left."""
     lp = log_prob.reshape((1,) * max(0, nesting - log_prob.dim()) + log_prob.shape)
@@ -51,7 +51,7 @@ def _site_rows(site, plate: str, nesting: int) -> torch.Tensor:
     if site["mask"] is not None:
         lp = scale_and_mask(lp, mask=site["mask"])
     frame = data_frame(site, plate)
-    return _per_row(lp, None if frame is None else frame.dim, nesting)
+    return per_row(lp, None if frame is None else frame.dim, nesting)
 
 
 def _joint(sites, plate: str, nesting: int) -> torch.Tensor:
@@ -115,7 +115,7 @@ class ScoredPair(NamedTuple):
             if kl is None or p["mask"] is not None:
                 return None
             nesting = self.structure.max_plate_nesting
-            total = total + _per_row(kl, data_frame(p, self.plate).dim, nesting)
+            total = total + per_row(kl, data_frame(p, self.plate).dim, nesting)
         return total
 
 

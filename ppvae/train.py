@@ -4,39 +4,42 @@
 are index tensors into data already on the training device; there is no DataLoader.
 """
 
-import contextlib
-import math
 import os
-import signal
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import pandas as pd
 import pyro
-import pyro.optim
 import torch
-from pyro.infer import SVI
 from tqdm.auto import tqdm
 
 from ppvae import checkpoint as ckpt
 from ppvae.checker import check
 from ppvae.config import ConfigError, JsonConfig
-from ppvae.data import Dataset, binarize_sample, validate_data
-from ppvae.evaluate import elbo_terms
-from ppvae.objectives import OBJECTIVES, LatentScale
-from ppvae.pairs import DEFAULT_PLATE, Structure, batched, place, probe
+from ppvae.data import Dataset, validate_data
+from ppvae.loop import (
+    HISTORY_COLUMNS,
+    Step,
+    TrainingError,
+    _DeferredInterrupt,
+    _Loop,
+    _Progress,
+    restore,
+    state,
+)
+from ppvae.objectives import OBJECTIVES
+from ppvae.pairs import DEFAULT_PLATE, batched, param_tensors, place, probe, run_pair
 
-HISTORY_COLUMNS = [
-    "epoch",
-    "train_elbo",
-    "test_elbo",
-    "test_reconstruction",
-    "test_kl",
-    "beta",
-    "seconds",
+__all__ = [
+    "HISTORY_COLUMNS",
+    "FitConfig",
+    "FitResult",
+    "TrainingError",
+    "fit",
+    "resolve_device",
+    "training_step",
 ]
 
 
@@ -53,8 +56,6 @@ class FitConfig(JsonConfig):
         A key of :data:`ppvae.objectives.OBJECTIVES`.
     num_particles : int
         Samples of z per example per step (K of the IWAE bound).
-    jit : bool
-        Use the compiled (``Jit*``) variant of the objective.
     beta : float
         Weight of the KL term (beta-VAE; 1 is the ELBO).
     kl_warmup_epochs : int
@@ -80,7 +81,6 @@ class FitConfig(JsonConfig):
     lr: float = 3e-3
     objective: str = "trace"
     num_particles: int = 1
-    jit: bool = False
     beta: float = 1.0
     kl_warmup_epochs: int = 0
     test_samples: int = 1
@@ -99,10 +99,6 @@ class FitConfig(JsonConfig):
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.beta < 0 or self.kl_warmup_epochs < 0:
             raise ConfigError("beta and kl_warmup_epochs must be >= 0")
-        if self.jit and self.kl_warmup_epochs:
-            raise ConfigError("a compiled objective bakes in the KL weight: drop --jit to warm up")
-        if self.jit and OBJECTIVES[self.objective].jit_elbo is None:
-            raise ConfigError(f"objective '{self.objective}' has no JIT variant; drop --jit")
         resolve_device(self.device, check_available=False)
 
 
@@ -127,10 +123,6 @@ class FitResult(NamedTuple):
     interrupted: bool = False
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss); the message names the epoch and step."""
-
-
 def resolve_device(name: str, *, check_available: bool = True) -> torch.device:
     """``auto`` -> CUDA if available, else CPU; ``cpu``; ``cuda`` or ``cuda:N``."""
     if name == "auto":
@@ -147,40 +139,13 @@ def resolve_device(name: str, *, check_available: bool = True) -> torch.device:
     return device
 
 
-@dataclass
-class _Progress:
-    """Where training stands; all of it goes into the checkpoint."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # steps completed in the current epoch
-    loss_sum: float = 0.0  # sum of the current epoch's step losses
-    seconds: float = 0.0  # time spent in the current epoch before an interruption
-    rows: list[dict[str, float]] | None = None
-
-
-class _DeferredInterrupt:
-    """Ctrl-C sets a flag that the loop reads between steps, so a checkpoint is never taken
-    in the middle of an optimizer update. A second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.requested = False
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    @contextlib.contextmanager
-    def installed(self):
-        try:
-            previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            yield self
-            return
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)
+def _check_objective(config: FitConfig, structure) -> None:
+    if config.objective == "iwae" and structure.global_latents:
+        names = ", ".join(structure.global_latents)
+        raise ConfigError(
+            f"objective 'iwae' bounds each example's likelihood, but the model has global "
+            f"latent sites ({names}) outside the plate '{config.plate}': choose 'trace'"
+        )
 
 
 def _inputs(data: Dataset | torch.Tensor, model):
@@ -195,137 +160,32 @@ def _inputs(data: Dataset | torch.Tensor, model):
     return train, test, dynamic
 
 
-def _svi(calls, optim, config: FitConfig, structure: Structure) -> tuple[SVI, LatentScale]:
-    objective = OBJECTIVES[config.objective]
-    scale = LatentScale(config.beta)
-    nesting = max(1, structure.max_plate_nesting)
-    elbo = objective.build(config.num_particles, config.jit, max_plate_nesting=nesting)
-    model, guide = calls
-    return SVI(scale(model), scale(objective.wrap_guide(guide)), optim, loss=elbo), scale
+def training_step(model, guide, train: torch.Tensor, config: FitConfig) -> Step:
+    """The optimizer step that :func:`fit` takes, ready for ``step(x, idx, num_data)``.
 
-
-def _epoch_batches(train: torch.Tensor, dynamic: bool, config: FitConfig, epoch: int):
-    """The epoch's (possibly re-binarized) data and its shuffled batches of indices.
-
-    Both depend only on (seed, epoch), so a resumed run sees the same batches.
+    Moves the pair's parameters to the device (:func:`ppvae.pairs.place`), checks the pair on
+    a first batch (:func:`ppvae.checker.check`) and collects the parameters it registers in
+    Pyro's param store; ``benchmarks/step_time.py`` times exactly this step.
     """
-    g = torch.Generator(device=train.device).manual_seed(config.seed * 1_000_003 + epoch)
-    x = binarize_sample(train, g) if dynamic else train
-    n = train.shape[0]
-    b = min(config.batch_size, n)
-    perm = torch.randperm(n, generator=g, device=train.device)
-    return x, perm[: n // b * b].view(n // b, b)
-
-
-def _kl_weight(config: FitConfig, epoch: int, step: int, steps: int) -> float:
-    if not config.kl_warmup_epochs:
-        return config.beta
-    done = (epoch * steps + step + 1) / (config.kl_warmup_epochs * steps)
-    return config.beta * min(1.0, done)
-
-
-def _state(progress: _Progress, model, guide, optim, config: FitConfig) -> dict[str, Any]:
-    return {
-        "progress": vars(progress),
-        "config": config.to_dict(),
-        "model": model.state_dict() if isinstance(model, torch.nn.Module) else None,
-        "guide": guide.state_dict() if isinstance(guide, torch.nn.Module) else None,
-        "params": pyro.get_param_store().get_state(),
-        "optim": optim.get_state(),
-        "rng": ckpt.rng_state(),
-    }
-
-
-def _check_compatible(saved: dict[str, Any], config: FitConfig, path) -> None:
-    current = config.to_dict()
-    differ = sorted(k for k, v in saved.items() if k != "epochs" and current.get(k) != v)
-    if differ:
-        raise ConfigError(f"{path} was written with different settings: {', '.join(differ)}")
-
-
-def _restore(path, model, guide, optim, config, like: torch.Tensor) -> _Progress:
-    """Put a checkpoint back: module buffers by ``load_state_dict``, every parameter by copying
-    into the tensor the param store already holds (so the networks registered with
-    ``pyro.module`` or as ``PyroModule`` train the restored values), on ``like``'s device."""
-    saved = ckpt.load(path)
-    _check_compatible(saved["config"], config, path)
-    for obj, key in ((model, "model"), (guide, "guide")):
-        if isinstance(obj, torch.nn.Module) and saved.get(key) is not None:
-            obj.load_state_dict(saved[key])
-    ckpt.restore_params(saved["params"], like)
-    optim.set_state(saved["optim"])
-    ckpt.set_rng_state(saved["rng"])
-    return _Progress(**saved["progress"])
-
-
-def _test_row(model, guide, test, config) -> dict[str, float]:
-    if test is None or not getattr(guide, "amortized", True):
-        return {"test_elbo": math.nan, "test_reconstruction": math.nan, "test_kl": math.nan}
-    terms = elbo_terms(model, guide, test, num_samples=config.test_samples, plate=config.plate)
-    return {
-        "test_elbo": terms.elbo.mean().item(),
-        "test_reconstruction": terms.reconstruction.mean().item(),
-        "test_kl": terms.kl.mean().item(),
-    }
-
-
-@dataclass
-class _Loop:
-    """Everything the training loop touches, so that its pieces stay small."""
-
-    svi: SVI
-    scale: LatentScale
-    model: Any
-    guide: Any
-    train: torch.Tensor
-    test: torch.Tensor | None
-    dynamic: bool
-    config: FitConfig
-    progress: _Progress
-    save: Callable[[], None]
-    interrupt: _DeferredInterrupt
-    bar: Any
-    on_epoch: Callable[[pd.DataFrame], None] | None
-
-    def run(self) -> bool:
-        """Train the remaining epochs; True when stopped by Ctrl-C."""
-        for epoch in range(self.progress.epoch, self.config.epochs):
-            if self._epoch(epoch) or self.interrupt.requested:
-                return True
-        return False
-
-    def _epoch(self, epoch: int) -> bool:
-        p, n = self.progress, self.train.shape[0]
-        x, batches = _epoch_batches(self.train, self.dynamic, self.config, epoch)
-        start = time.perf_counter() - p.seconds
-        for step in range(p.step, len(batches)):
-            self.scale.value = _kl_weight(self.config, epoch, step, len(batches))
-            loss = self.svi.step(x[batches[step]], batches[step], num_data=n)
-            if not math.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
-                    "the last good checkpoint is kept; try a smaller learning rate"
-                )
-            p.loss_sum, p.step = p.loss_sum + loss, step + 1
-            self.bar.update()
-            if self.interrupt.requested:
-                p.seconds = time.perf_counter() - start
-                self.save()
-                return True
-        row = {"epoch": epoch + 1, "train_elbo": -p.loss_sum / (len(batches) * n)}
-        row |= _test_row(self.model, self.guide, self.test, self.config)
-        row |= {"beta": self.scale.value, "seconds": time.perf_counter() - start}
-        self._finish_epoch(row)
-        return False
-
-    def _finish_epoch(self, row: dict[str, float]) -> None:
-        p = self.progress
-        p.rows.append(row)
-        p.epoch, p.step, p.loss_sum, p.seconds = row["epoch"], 0, 0.0, 0.0
-        self.save()
-        self.bar.set_postfix(epoch=row["epoch"], test_elbo=f"{row['test_elbo']:.2f}")
-        if self.on_epoch is not None:
-            self.on_epoch(pd.DataFrame(p.rows, columns=HISTORY_COLUMNS))
+    device = resolve_device(config.device)
+    calls = batched(model, config.plate), batched(guide, config.plate)
+    place(model, guide, train, device, config.plate)
+    n, b = train.shape[0], min(config.batch_size, train.shape[0])
+    batch = (train[:b].to(device), torch.arange(b, device=device))
+    check(
+        model,
+        guide,
+        batch[0],
+        idx=batch[1],
+        num_data=n,
+        objective=config.objective,
+        plate=config.plate,
+    )
+    structure = probe(*calls, *batch, plate=config.plate)
+    _check_objective(config, structure)
+    traces = run_pair(*calls, *batch)
+    params = {k: v for k, v in param_tensors(*traces).items() if v.requires_grad}
+    return Step(*calls, params, config, max(1, structure.max_plate_nesting))
 
 
 def fit(
@@ -381,33 +241,20 @@ def fit(
     """
     device = resolve_device(config.device)
     train, test, dynamic = _inputs(data, model)
-    calls = batched(model, config.plate), batched(guide, config.plate)
-    place(model, guide, train, device, config.plate)
+    step = training_step(model, guide, train, config)
     train, test = train.to(device), None if test is None else test.to(device)
     n, b = train.shape[0], min(config.batch_size, train.shape[0])
-    batch = (train[:b], torch.arange(b, device=device))
-    check(
-        model,
-        guide,
-        batch[0],
-        idx=batch[1],
-        num_data=n,
-        objective=config.objective,
-        plate=config.plate,
-    )
-    structure = probe(*calls, *batch, plate=config.plate)
     pyro.set_rng_seed(config.seed)
-    optim = pyro.optim.Adam({"lr": config.lr})
-    state = _Progress(rows=[])
+    status = _Progress(rows=[])
     if resume:
         if checkpoint is None or not os.path.exists(checkpoint):
             raise ConfigError(f"nothing to resume: no checkpoint at {checkpoint}")
-        state = _restore(checkpoint, model, guide, optim, config, train)
-    svi, scale = _svi(calls, optim, config, structure)
+        status = restore(checkpoint, model, guide, step, config, train)
 
-    def save():
+    def save() -> bool:
         if checkpoint is not None:
-            ckpt.save(checkpoint, _state(state, model, guide, optim, config))
+            ckpt.save(checkpoint, state(status, model, guide, step, config))
+        return checkpoint is not None
 
     steps = n // b
     shown = sys.stderr.isatty() if progress is None else progress
@@ -415,27 +262,27 @@ def fit(
         _DeferredInterrupt().installed() as interrupt,
         tqdm(
             total=config.epochs * steps,
-            initial=state.epoch * steps + state.step,
+            initial=status.epoch * steps + status.step,
             disable=not shown,
             unit="step",
             dynamic_ncols=True,
         ) as bar,
     ):
         loop = _Loop(
-            svi,
-            scale,
+            step,
             model,
             guide,
             train,
             test,
             dynamic,
             config,
-            state,
+            status,
             save,
             interrupt,
             bar,
             on_epoch,
         )
+        loop.saved_epoch = status.epoch if resume else None
         stopped = loop.run()
-    history = pd.DataFrame(state.rows, columns=HISTORY_COLUMNS)
+    history = pd.DataFrame(status.rows, columns=HISTORY_COLUMNS)
     return FitResult(history, model, guide, config, interrupted=stopped)

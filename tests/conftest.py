@@ -1,6 +1,7 @@
 """Shared fixtures: a clean, validated, seeded Pyro for every test (as in Pyro's own conftest)."""
 
 import os
+import signal
 
 import pyro
 import pytest
@@ -32,3 +33,20 @@ def cuda(test):
     """Mark a test as needing CUDA (select them with ``-m cuda``); skipped without a device."""
     skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
     return pytest.mark.cuda(skip(test))
+
+
+def steps_then_sigint(monkeypatch, after: int):
+    """Send SIGINT (Ctrl-C) to this process right after the training loop's ``after``-th step."""
+    from ppvae.loop import Step
+
+    calls = {"n": 0}
+    step = Step.__call__
+
+    def wrapped(self, *args, **kwargs):
+        loss = step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == after:
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Step, "__call__", wrapped)

@@ -13,6 +13,7 @@ from ppvae.evaluate import active_units, bits_per_dim, elbo_terms, evaluate, log
 from ppvae.guides import ExactPPCAGuide
 from ppvae.models import PPCA
 from ppvae.models.sites import LATENT, data_plate
+from tests.conftest import cuda
 
 # the module itself: ``ppvae.evaluate`` as an attribute is the function ``evaluate``
 evaluation = importlib.import_module("ppvae.evaluate")
@@ -201,3 +202,15 @@ def test_evaluate_row_with_the_exact_guide(model, x):
     assert row.log_px_sd == pytest.approx(exact.std().item(), rel=1e-8)
     assert row.bits_per_dim == pytest.approx(-row.log_px / (D * math.log(2)), rel=1e-12)
     assert row.active_units == Q
+
+
+@cuda
+def test_on_cuda_the_chunk_size_comes_from_free_memory_and_the_answer_is_unchanged(model, x):
+    cuda_model = PPCA(D, Q).double().cuda()
+    cuda_model.load_state_dict(model.state_dict())
+    guide = ExactPPCAGuide(cuda_model)
+    pair = evaluation.scored_pair(cuda_model, guide, x.cuda(), None, "data")
+    rows = evaluation._chunk_rows(pair, x.cuda(), None)
+    assert evaluation.ROW_LIMITS[0] <= rows <= evaluation.ROW_LIMITS[1]
+    ll = log_likelihood(cuda_model, guide, x.cuda(), num_samples=50)
+    torch.testing.assert_close(ll.log_px.cpu(), exact_log_px(model, x), rtol=0, atol=1e-10)

@@ -1,20 +1,18 @@
 """fit: learning, exact resume, Ctrl-C, NaN stops, atomic checkpoints, data checks, devices."""
 
-import signal
-
 import pyro
 import pytest
 import torch
-from pyro.infer import SVI
 
 from ppvae import checkpoint as ckpt
 from ppvae.config import ArchConfig, ConfigError, DataShape
 from ppvae.data import DataError, load_dataset
 from ppvae.evaluate import elbo_terms
 from ppvae.guides import GUIDES
+from ppvae.loop import Step
 from ppvae.models import MODELS
 from ppvae.train import FitConfig, TrainingError, fit
-from tests.conftest import cuda
+from tests.conftest import cuda, steps_then_sigint
 
 ARCH = ArchConfig(z_dim=2, hidden=(32,))
 
@@ -55,20 +53,6 @@ def test_training_raises_the_test_elbo(digits):
     assert (result.history.seconds > 0).all()
 
 
-def _steps_then_sigint(monkeypatch, after: int):
-    calls = {"n": 0}
-    step = SVI.step
-
-    def wrapped(self, *args, **kwargs):
-        loss = step(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == after:
-            signal.raise_signal(signal.SIGINT)
-        return loss
-
-    monkeypatch.setattr(SVI, "step", wrapped)
-
-
 @pytest.mark.parametrize("objective", ["trace", "score-baseline"])
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
     objective, dynamic_digits, tmp_path, monkeypatch
@@ -83,7 +67,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
     path = tmp_path / "b.pt"
     pyro.clear_param_store()
     with monkeypatch.context() as m:
-        _steps_then_sigint(m, after=15)
+        steps_then_sigint(m, after=15)
         model, guide = pair(dynamic_digits)
         stopped = fit(model, guide, dynamic_digits, config, checkpoint=path)
     assert stopped.interrupted
@@ -143,7 +127,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(
     path = tmp_path / "e.pt"
     model, guide = pair(digits)
     calls = {"n": 0}
-    step = SVI.step
+    step = Step.__call__
 
     def poisoned(self, *args, **kwargs):
         calls["n"] += 1
@@ -152,7 +136,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(
                 next(model.parameters()).fill_(float("nan"))
         return step(self, *args, **kwargs)
 
-    monkeypatch.setattr(SVI, "step", poisoned)
+    monkeypatch.setattr(Step, "__call__", poisoned)
     with pytest.raises(TrainingError, match="epoch 2, step 3"):
         fit(model, guide, digits, FitConfig(epochs=3, batch_size=256), checkpoint=path)
     saved = ckpt.load(path)
@@ -219,8 +203,6 @@ def test_kl_warmup_raises_the_weight_linearly(digits):
         ({"device": "tpu"}, "unknown device"),
         ({"objective": "elbo2"}, "choose one of: trace, mean-field"),
         ({"epochs": 0}, "epochs must be >= 1"),
-        ({"jit": True, "objective": "iwae"}, "no JIT variant"),
-        ({"jit": True, "kl_warmup_epochs": 2}, "drop --jit"),
     ],
 )
 def test_bad_fit_settings(kwargs, message):
@@ -247,13 +229,39 @@ def test_fit_on_cuda_matches_the_cpu_objective(digits):
     assert on_gpu == pytest.approx(on_cpu, abs=0.1)
 
 
-@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
-def test_jit_objective_trains_like_the_plain_one(digits):
-    """Compiling draws its random numbers in another order, so the runs agree closely but
-    not bit for bit (the exact equality of the two losses is tested in test_objectives)."""
-    results = {}
-    for jit in (False, True):
-        model, guide = pair(digits)
-        config = FitConfig(epochs=2, batch_size=256, objective="mean-field", jit=jit)
-        results[jit] = fit(model, guide, digits, config).history.train_elbo.tolist()
-    assert results[True] == pytest.approx(results[False], abs=0.1)
+def test_resume_in_another_dtype_keeps_every_parameter_a_trainable_leaf(digits, tmp_path):
+    """The GPU resume bug in miniature: a checkpoint written in float32 resumed on float64
+    data (as a CPU checkpoint is resumed on CUDA). Converting the saved tensors with ``.to``
+    makes non-leaf tensors that Adam refuses; the values must be copied into the parameters
+    the pair already trains, pyro.param and pyro.module alike."""
+    net = torch.nn.Linear(2, 64)
+
+    def model(x):
+        pyro.module("decoder", net)
+        shift = pyro.param("shift", lambda: torch.zeros(64, dtype=x.dtype))
+        with pyro.plate("data", x.shape[0]):
+            prior = pyro.distributions.Normal(x.new_zeros(len(x), 2), 1.0).to_event(1)
+            z = pyro.sample("z", prior)
+            logits = net(z) + shift
+            pyro.sample("x", pyro.distributions.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(x):
+        loc = pyro.param("loc", lambda: torch.zeros(2, dtype=x.dtype))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.Normal(loc, 1.0).expand([len(x), 2]).to_event(1))
+
+    binary = load_dataset("digits", binarize="static")
+    config = FitConfig(epochs=1, batch_size=256, device="cpu")
+    fit(model, guide, binary.train, config, checkpoint=tmp_path / "f.pt")
+    saved = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    pyro.clear_param_store()
+    with torch.no_grad():
+        net.weight.zero_()  # other values, overwritten by the resume
+    longer = FitConfig(epochs=2, batch_size=256, device="cpu")
+    fit(model, guide, binary.train.double(), longer, checkpoint=tmp_path / "f.pt", resume=True)
+    store = pyro.get_param_store()
+    for name in saved:
+        value = store.get_state()["params"][name]
+        assert value.is_leaf and value.requires_grad and value.dtype == torch.float64, name
+        assert not torch.equal(store[name].detach().float(), saved[name])  # it trained on
+    assert store["decoder$$$weight"] is net.weight

@@ -5,14 +5,13 @@ names, ``pyro.module`` and ``pyro.param``, a plate sized by the batch, global la
 """
 
 import math
-import signal
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Predictive, Trace_ELBO
+from pyro.infer import Predictive, Trace_ELBO
 from torch import nn
 from torch.distributions import constraints
 
@@ -21,6 +20,7 @@ from ppvae.config import ArchConfig, DataShape
 from ppvae.guides import GUIDES
 from ppvae.models import MODELS
 from ppvae.pairs import batched
+from tests.conftest import steps_then_sigint
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -155,20 +155,6 @@ def test_factor_analysis_params_live_in_the_store_and_score_exactly():
     assert psi_.mean().item() == pytest.approx(0.25, rel=0.25)
 
 
-def _steps_then_sigint(monkeypatch, after: int):
-    calls = {"n": 0}
-    step = SVI.step
-
-    def wrapped(self, *args, **kwargs):
-        loss = step(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == after:
-            signal.raise_signal(signal.SIGINT)
-        return loss
-
-    monkeypatch.setattr(SVI, "step", wrapped)
-
-
 def _store_values():
     return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 
@@ -188,7 +174,7 @@ def test_resume_restores_pyro_module_networks_and_pyro_params(digits, tmp_path, 
     torch.manual_seed(0)
     vae = TutorialVAE(learn_sigma=True)
     with monkeypatch.context() as m:
-        _steps_then_sigint(m, after=15)
+        steps_then_sigint(m, after=15)
         assert fit(vae.model, vae.guide, digits, config, checkpoint=tmp_path / "b.pt").interrupted
 
     pyro.clear_param_store()

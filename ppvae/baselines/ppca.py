@@ -126,7 +126,7 @@ def ppca_log_prob(X, W, mu, sigma2) -> Tensor:
     return -0.5 * (d * LOG_2PI + logdet[..., None] + quad)
 
 
-def ppca_posterior(X, W, mu, sigma2) -> PPCAPosterior:
+def ppca_posterior(X, W, mu, sigma2, *, check: bool = True) -> PPCAPosterior:
     """The posterior ``p(z | x) = N(M^-1 W^T (x - mu), sigma2 M^-1)``.
 
     Parameters
@@ -135,6 +135,9 @@ def ppca_posterior(X, W, mu, sigma2) -> PPCAPosterior:
     W : Tensor, shape (d, q)
     mu : Tensor, shape (d,)
     sigma2 : Tensor or float, shape ()
+    check : bool
+        Check the parameters first (``sigma2 > 0`` reads a value on the host: a guide that
+        calls this at every training step passes False).
 
     Returns
     -------
@@ -149,7 +152,8 @@ def ppca_posterior(X, W, mu, sigma2) -> PPCAPosterior:
     """
     W = torch.as_tensor(W)
     X, mu, sigma2 = _like(X, W), _like(mu, W), _like(sigma2, W)
-    check_params(W, mu, sigma2, X)
+    if check:
+        check_params(W, mu, sigma2, X)
     L = _cholesky_M(W, sigma2)
     mean = torch.cholesky_solve(((X - mu) @ W).mT, L).mT
     return PPCAPosterior(mean, sigma2 * torch.cholesky_inverse(L))

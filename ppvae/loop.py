@@ -1,0 +1,312 @@
+"""The training loop behind :func:`ppvae.train.fit`: a lean optimizer step, epochs of index
+batches, finite-loss checks every few steps, Ctrl-C, checkpoints and exact resume.
+
+A step builds the objective's loss from Pyro's traces (:mod:`ppvae.losses`), backpropagates,
+and steps one ``torch.optim.Adam`` over every parameter the pair registers in Pyro's param
+store (fused on CUDA, ``foreach`` on the CPU). The step's loss stays on the device: the loop
+reads the losses every :data:`CHECK_EVERY` steps and at the end of each epoch, and names the
+epoch and step of the first one that is not finite.
+"""
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pyro
+import torch
+
+from ppvae import checkpoint as ckpt
+from ppvae.config import ConfigError
+from ppvae.data import binarize_sample
+from ppvae.evaluate import elbo_terms
+from ppvae.objectives import OBJECTIVES, LatentScale
+
+CHECK_EVERY = 50
+"""Steps between looks at the losses (each look waits for the device)."""
+
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_elbo",
+    "test_elbo",
+    "test_reconstruction",
+    "test_kl",
+    "beta",
+    "seconds",
+]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the message names the epoch and step."""
+
+
+def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """One Adam over all parameters, with torch's fused kernel where the parameters allow it
+    (CPU and CUDA floating point, torch >= 2.4: 2.5x faster than the per-tensor loop on the
+    CPU for a 784-400-50 VAE), else the multi-tensor ``foreach`` one."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # older torch, or an unsupported dtype
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+class Step:
+    """One optimizer step of an objective on a minibatch, with no host synchronization.
+
+    Parameters
+    ----------
+    model, guide
+        Called ``(x, idx, num_data)`` (see :func:`ppvae.pairs.batched`).
+    params : dict of str to Tensor
+        The parameters to train, by param-store name (their order fixes the optimizer's).
+    config : FitConfig
+    max_plate_nesting : int
+
+    Calling it with ``(x, idx, num_data)`` returns the step's loss, detached, on the device.
+    ``scale.value`` is the KL weight of the next step.
+
+    Examples
+    --------
+    >>> from ppvae import ArchConfig, DataShape, FitConfig
+    >>> from ppvae.guides import GUIDES
+    >>> from ppvae.models import MODELS
+    >>> from ppvae.train import training_step
+    >>> shape = DataShape(x_dim=64, image_shape=None, num_data=100)
+    >>> model = MODELS["bernoulli"](ArchConfig(hidden=(8,)), shape)
+    >>> guide = GUIDES["diag"](ArchConfig(hidden=(8,)), shape, model)
+    >>> x = torch.rand(100, 64)
+    >>> step = training_step(model, guide, x, FitConfig(batch_size=10, device="cpu"))
+    >>> loss = step(x[:10], torch.arange(10), 100)  # a tensor, still on the device
+    >>> loss.shape, len(step.names)
+    (torch.Size([]), 8)
+    """
+
+    def __init__(self, model, guide, params: dict[str, torch.Tensor], config, max_plate_nesting):
+        self.scale = LatentScale(config.beta)
+        self.loss = OBJECTIVES[config.objective].loss_fn(
+            self.scale(model),
+            self.scale(guide),
+            num_particles=config.num_particles,
+            max_plate_nesting=max_plate_nesting,
+            plate=config.plate,
+        )
+        self.names = sorted(params)
+        self.optim = _adam([params[n] for n in self.names], config.lr)
+
+    def __call__(self, x: torch.Tensor, idx: torch.Tensor, num_data: int) -> torch.Tensor:
+        with pyro.validation_enabled(False):  # validation checks values on the host
+            loss = self.loss(x, idx, num_data)
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optim.step()
+        return loss.detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"names": self.names, "state": self.optim.state_dict()}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        if saved["names"] != self.names:
+            raise ConfigError(
+                "the checkpoint's optimizer was written for other parameters "
+                f"({len(saved['names'])} names against {len(self.names)}): not this pair"
+            )
+        self.optim.load_state_dict(saved["state"])
+
+
+@dataclass
+class _Progress:
+    """Where training stands; all of it goes into the checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps completed in the current epoch
+    losses: list[float] | None = None  # the current epoch's step losses so far
+    seconds: float = 0.0  # time spent in the current epoch before an interruption
+    rows: list[dict[str, float]] | None = None
+
+
+class _DeferredInterrupt:
+    """Ctrl-C sets a flag that the loop reads between steps, so a checkpoint is never taken
+    in the middle of an optimizer update. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self):
+        try:
+            previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def epoch_batches(train: torch.Tensor, dynamic: bool, config, epoch: int):
+    """The epoch's (possibly re-binarized) data and its shuffled batches of indices.
+
+    Both depend only on (seed, epoch), so a resumed run sees the same batches.
+    """
+    g = torch.Generator(device=train.device).manual_seed(config.seed * 1_000_003 + epoch)
+    x = binarize_sample(train, g) if dynamic else train
+    n = train.shape[0]
+    b = min(config.batch_size, n)
+    perm = torch.randperm(n, generator=g, device=train.device)
+    return x, perm[: n // b * b].view(n // b, b)
+
+
+def kl_weight(config, epoch: int, step: int, steps: int) -> float:
+    if not config.kl_warmup_epochs:
+        return config.beta
+    done = (epoch * steps + step + 1) / (config.kl_warmup_epochs * steps)
+    return config.beta * min(1.0, done)
+
+
+def state(progress: _Progress, model, guide, step: Step, config) -> dict[str, Any]:
+    """Everything a checkpoint holds."""
+    return {
+        "progress": vars(progress),
+        "config": config.to_dict(),
+        "model": model.state_dict() if isinstance(model, torch.nn.Module) else None,
+        "guide": guide.state_dict() if isinstance(guide, torch.nn.Module) else None,
+        "params": pyro.get_param_store().get_state(),
+        "optim": step.state_dict(),
+        "rng": ckpt.rng_state(),
+    }
+
+
+def _check_compatible(saved: dict[str, Any], config, path) -> None:
+    current = config.to_dict()
+    differ = sorted(k for k, v in saved.items() if k != "epochs" and current.get(k) != v)
+    if differ:
+        raise ConfigError(f"{path} was written with different settings: {', '.join(differ)}")
+
+
+def restore(path, model, guide, step: Step, config, like: torch.Tensor) -> _Progress:
+    """Put a checkpoint back: module buffers by ``load_state_dict``, every parameter by copying
+    into the tensor the param store already holds (so the networks registered with
+    ``pyro.module`` or as ``PyroModule`` train the restored values), on ``like``'s device."""
+    saved = ckpt.load(path)
+    _check_compatible(saved["config"], config, path)
+    for obj, key in ((model, "model"), (guide, "guide")):
+        if isinstance(obj, torch.nn.Module) and saved.get(key) is not None:
+            obj.load_state_dict(saved[key])
+    ckpt.restore_params(saved["params"], like)
+    step.load_state_dict(saved["optim"])
+    ckpt.set_rng_state(saved["rng"])
+    return _Progress(**saved["progress"])
+
+
+def _test_row(model, guide, test, config) -> dict[str, float]:
+    if test is None or not getattr(guide, "amortized", True):
+        return {"test_elbo": math.nan, "test_reconstruction": math.nan, "test_kl": math.nan}
+    terms = elbo_terms(model, guide, test, num_samples=config.test_samples, plate=config.plate)
+    return {
+        "test_elbo": terms.elbo.mean().item(),
+        "test_reconstruction": terms.reconstruction.mean().item(),
+        "test_kl": terms.kl.mean().item(),
+    }
+
+
+@dataclass
+class _Loop:
+    """Everything the training loop touches, so that its pieces stay small."""
+
+    step: Step
+    model: Any
+    guide: Any
+    train: torch.Tensor
+    test: torch.Tensor | None
+    dynamic: bool
+    config: Any
+    progress: _Progress
+    save: Callable[[], bool]
+    interrupt: _DeferredInterrupt
+    bar: Any
+    on_epoch: Callable[[pd.DataFrame], None] | None
+    saved_epoch: int | None = None  # the epoch whose checkpoint is on disk
+
+    def run(self) -> bool:
+        """Train the remaining epochs; True when stopped by Ctrl-C."""
+        for epoch in range(self.progress.epoch, self.config.epochs):
+            if self._epoch(epoch) or self.interrupt.requested:
+                return True
+        return False
+
+    def _epoch(self, epoch: int) -> bool:
+        p, n = self.progress, self.train.shape[0]
+        x, batches = epoch_batches(self.train, self.dynamic, self.config, epoch)
+        losses = torch.zeros(len(batches), device=self.train.device, dtype=self.train.dtype)
+        first, checked = p.step, p.step
+        if first:  # resumed mid-epoch: the same sum, in the same order, as without the stop
+            losses[:first] = torch.tensor(p.losses, dtype=losses.dtype)
+        start = time.perf_counter() - p.seconds
+        for step in range(first, len(batches)):
+            self.step.scale.value = kl_weight(self.config, epoch, step, len(batches))
+            losses[step] = self._one(epoch, step, x, batches[step], n, losses, checked)
+            self.bar.update()
+            if (step + 1) % CHECK_EVERY == 0:
+                checked = self._check(epoch, losses, checked, step + 1)
+            if self.interrupt.requested:
+                self._check(epoch, losses, checked, step + 1)
+                p.losses = losses[: step + 1].tolist()
+                p.step, p.seconds = step + 1, time.perf_counter() - start
+                self.save()
+                return True
+        self._check(epoch, losses, checked, len(batches))
+        total = losses.sum().item()
+        row = {"epoch": epoch + 1, "train_elbo": -total / (len(batches) * n)}
+        row |= _test_row(self.model, self.guide, self.test, self.config)
+        row |= {"beta": self.step.scale.value, "seconds": time.perf_counter() - start}
+        self._finish_epoch(row)
+        return False
+
+    def _one(self, epoch, step, x, idx, n, losses, checked) -> torch.Tensor:
+        try:
+            return self.step(x[idx], idx, n)
+        except (ValueError, RuntimeError) as err:  # NaN parameters can break a distribution
+            self._check(epoch, losses, checked, step)
+            line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise TrainingError(f"training failed at {self._where(epoch, step)}: {line}") from err
+
+    def _check(self, epoch: int, losses: torch.Tensor, start: int, end: int) -> int:
+        """Raise TrainingError at the first non-finite loss of steps [start, end)."""
+        bad = ~torch.isfinite(losses[start:end])
+        if bad.any():
+            step = start + int(bad.nonzero()[0])
+            value = losses[step].item()
+            raise TrainingError(
+                f"the loss became {value} at {self._where(epoch, step)}: a step sent a "
+                "parameter or a log-density to infinity (a learning rate too high for this "
+                "model, or data a likelihood cannot score)"
+            )
+        return end
+
+    def _where(self, epoch: int, step: int) -> str:
+        kept = (
+            f"the checkpoint of epoch {self.saved_epoch} is kept"
+            if self.saved_epoch
+            else "no checkpoint was written"
+        )
+        return f"epoch {epoch + 1}, step {step + 1} ({kept})"
+
+    def _finish_epoch(self, row: dict[str, float]) -> None:
+        p = self.progress
+        p.rows.append(row)
+        p.epoch, p.step, p.losses, p.seconds = row["epoch"], 0, None, 0.0
+        if self.save():
+            self.saved_epoch = p.epoch
+        self.bar.set_postfix(epoch=row["epoch"], test_elbo=f"{row['test_elbo']:.2f}")
+        if self.on_epoch is not None:
+            self.on_epoch(pd.DataFrame(p.rows, columns=HISTORY_COLUMNS))
