@@ -20,11 +20,12 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import TraceMeanField_ELBO
+from pyro.infer import TraceEnum_ELBO, TraceMeanField_ELBO
 from torch.distributions import transform_to
 
 from ppvae.evaluate import elbo_terms
 from ppvae.pairs import DEFAULT_PLATE, batched, data_frame, sample_sites
+from ppvae.scoring import scored_pair
 
 PARAMETERS = {
     dist.MultivariateNormal: ("loc", "scale_tril"),
@@ -199,7 +200,7 @@ def refine(
 
     The model (and an amortized guide's head: a flow's transforms, say) stays fixed; only the
     per-row parameters move, by Adam on the ELBO (``TraceMeanField_ELBO``: the analytic KL
-    where it exists).
+    where it exists; ``TraceEnum_ELBO`` when the model enumerates discrete latents).
 
     Parameters
     ----------
@@ -238,8 +239,13 @@ def refine(
     amortized = best_elbo = _crn_elbo(model, local, x, eval_samples, seed)
     every = eval_every or max(1, steps // 10)
     optim = torch.optim.Adam(local.params(), lr=lr)
-    loss_fn = TraceMeanField_ELBO(
-        num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1
+    structure = scored_pair(model, local, x, None, plate).structure
+    nesting = max(1, structure.max_plate_nesting)
+    options = {"num_particles": num_particles, "vectorize_particles": True}
+    loss_fn = (  # a model's enumerated discrete latents are summed out
+        TraceEnum_ELBO(max_plate_nesting=nesting, **options)
+        if structure.enumerated
+        else TraceMeanField_ELBO(max_plate_nesting=nesting, **options)
     )
     scored = batched(model, plate)
     for step in range(1, steps + 1):

@@ -16,6 +16,7 @@ and report the full-data ELBO. Nothing here knows a site's name: sites are found
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -56,8 +57,10 @@ def accepts_indices(fn: Callable) -> bool:
 class DataPlateScale(Messenger):
     """Weight N / B for every sample site inside a plate named ``plate`` that covers the batch.
 
-    A plate that already subsamples (``pyro.plate(name, N, subsample=idx)``) is left alone:
-    Pyro scales it. Sites outside the plate (global latents) keep weight 1.
+    A plate over the batch's B rows (``pyro.plate(name, len(x))``, also with Pyro's own
+    ``subsample_size=b``, which Pyro then scales by B / b) gets the factor N / B; a plate over
+    the data set (``pyro.plate(name, N, subsample=idx)``) is left alone: Pyro scales it. Sites
+    outside the plate (global latents) keep weight 1.
 
     Parameters
     ----------
@@ -86,7 +89,7 @@ class DataPlateScale(Messenger):
         if self.factor == 1.0 or site_is_subsample(msg):
             return
         frame = data_frame(msg, self.plate)
-        if frame is not None and frame.size == self.batch_size and frame.full_size == frame.size:
+        if frame is not None and frame.full_size == self.batch_size:
             msg["scale"] = msg["scale"] * self.factor
 
 
@@ -204,11 +207,9 @@ def aside(x: torch.Tensor):
 
 
 def probe(model, guide, x, idx=None, plate: str = DEFAULT_PLATE) -> Structure:
-    """The pair's :class:`Structure`, from one trace on (at most two rows of) ``x``."""
-    rows = slice(0, min(2, x.shape[0]))
-    sub = None if idx is None else idx[rows]
+    """The pair's :class:`Structure`, from one trace on the batch ``x``."""
     with aside(x), poutine.block(), torch.no_grad():
-        model_trace, guide_trace = run_pair(model, guide, x[rows], sub)
+        model_trace, guide_trace = run_pair(model, guide, x, idx)
     return structure(model_trace, guide_trace, plate)
 
 
@@ -224,53 +225,88 @@ def param_tensors(*traces) -> dict[str, torch.Tensor]:
     return found
 
 
-def claim_parameters(model, guide, x, idx=None) -> list[str]:
-    """Drop param-store entries that hold another tensor under a name the pair's networks use.
+_NETWORK_WEIGHTS: "weakref.WeakValueDictionary[int, torch.Tensor]" = weakref.WeakValueDictionary()
+"""Every network weight :func:`claim_parameters` has seen, by id, for as long as it lives."""
 
-    Pyro keys parameters by name. A store entry left by an earlier model under the same name
-    (say ``decoder$$$fc1.weight``) shadows a new network's own weights: ``pyro.module`` then
-    hands SVI the stored tensor while the network computes with its own, so it never trains,
-    and a ``PyroModule`` silently adopts the old tensor. The pair passed in is the truth: one
-    trace in an empty scope finds the names of its networks' own weights (``nn.Parameter``
-    objects); stale entries under those names are removed, so the next trace registers the
-    network's own. Free ``pyro.param`` values are never touched: the store is their only home.
+
+def _seen(tensor) -> bool:
+    return tensor is not None and _NETWORK_WEIGHTS.get(id(tensor)) is tensor
+
+
+def _own_weights(model, guide, x, idx) -> dict[str, torch.Tensor]:
+    """The pair's network weights by param-store name, as the networks hold them now: one
+    trace in an empty scope, where ``pyro.module`` and ``PyroModule`` register their own."""
+    store = pyro.get_param_store()
+    with aside(x), store.scope(), poutine.block():
+        traces = run_pair(model, guide, x, idx)
+        tensors = param_tensors(*traces).items()
+        return {n: t for n, t in tensors if isinstance(t, torch.nn.Parameter)}
+
+
+def _drop(names) -> list[str]:
+    store = pyro.get_param_store()
+    for name in names:
+        del store[name]
+    return list(names)
+
+
+def claim_parameters(model, guide, x, idx=None) -> list[str]:
+    """Make the param store and the pair's networks agree on every weight's tensor.
+
+    Pyro keys parameters by name, so a store entry left by an earlier model under a name the
+    pair uses (say ``decoder$$$fc1.weight``) shadows a new network's weights: ``pyro.module``
+    hands SVI the stored tensor while the network computes with its own (it never trains), and
+    a ``PyroModule`` adopts the old tensor. Here, in order:
+
+    1. an entry that is the weight of *another network ppvae has seen* is removed;
+    2. one trace in the store lets Pyro do what it does with what is left (a store loaded with
+       ``ParamStoreDict.load`` is adopted by ``pyro.module(..., update_module_params=True)``
+       and by ``PyroModule``; free ``pyro.param`` values are created or reused);
+    3. an entry the networks still do not compute with is removed, so the next trace
+       registers the network's own weight.
+
     ``model`` and ``guide`` are called ``(x, idx, num_data)``; returns the names dropped.
     """
-    store = pyro.get_param_store()
-    rows = slice(0, min(2, x.shape[0]))
-    with aside(x), store.scope(), poutine.block():
-        try:
-            traces = run_pair(model, guide, x[rows], None if idx is None else idx[rows])
-        except Exception:  # a failing pair is the checker's to report
-            return []
-        owned = {
-            n: t for n, t in param_tensors(*traces).items() if isinstance(t, torch.nn.Parameter)
-        }
-    current = store.get_state()["params"]
-    stale = [n for n, t in owned.items() if n in current and current[n] is not t]
-    for name in stale:
-        del store[name]
-    return stale
+    try:
+        owned = _own_weights(model, guide, x, idx)
+        current = pyro.get_param_store().get_state()["params"]
+        dropped = _drop(
+            [n for n, t in owned.items() if _seen(current.get(n)) and current[n] is not t]
+        )
+        with aside(x), poutine.block():
+            run_pair(model, guide, x, idx)
+        owned = _own_weights(model, guide, x, idx)
+    except Exception:  # a failing pair is the checker's to report
+        return []
+    current = pyro.get_param_store().get_state()["params"]
+    dropped += _drop([n for n, t in owned.items() if n in current and current[n] is not t])
+    for tensor in owned.values():
+        _NETWORK_WEIGHTS[id(tensor)] = tensor
+    return dropped
 
 
-def place(model, guide, x: torch.Tensor, device: torch.device, plate: str = DEFAULT_PLATE) -> None:
+def place(
+    model, guide, x: torch.Tensor, device: torch.device, plate: str = DEFAULT_PLATE, idx=None
+) -> None:
     """The pair's parameters to ``device`` and ``x``'s floating dtype, in place.
 
-    One trace on the rows of ``x`` where they are registers every parameter (and drops stale
+    One trace on the batch ``x`` (with its row numbers ``idx``) where it is registers every
+    parameter, so values a ``pyro.param`` initializes from the data see this batch, as in a
+    plain SVI loop's first step (and drops stale
     param-store entries, :func:`claim_parameters`); modules move with ``.to``, and every other
     param-store tensor the pair uses (``pyro.param``, ``pyro.module`` networks of plain
     functions) has its data replaced, so the tensor Pyro and the networks share stays one.
     """
     calls = batched(model, plate), batched(guide, plate)
-    claim_parameters(*calls, x)
+    claim_parameters(*calls, x, idx)
     traces = ()
     store = pyro.get_param_store()
     # the pair's networks may still be where they were built (CPU, float32) whatever x is
-    for rows in (x[:2], x[:2].to("cpu", torch.get_default_dtype())):
+    for rows in (x, x.to("cpu", torch.get_default_dtype())):
         before = set(store.keys())
         try:
             with aside(x):
-                traces = run_pair(*calls, rows)
+                traces = run_pair(*calls, rows, None if idx is None else idx.to(rows.device))
             break
         except Exception:  # a broken pair is reported by the checker, on the device
             for name in set(store.keys()) - before:  # values made for rows that failed

@@ -4,6 +4,7 @@ or SVI silently never trains it. Used by :func:`ppvae.checker.problems`.
 """
 
 import torch
+from pyro.nn import PyroModule
 
 from ppvae.pairs import param_tensors, sample_sites
 
@@ -19,10 +20,15 @@ def _module_problems(model, guide, seen: set[int]) -> tuple[list[str], set[int]]
         if hidden:
             names = ", ".join(n for n, _ in hidden[:4]) + (", ..." if len(hidden) > 4 else "")
             covered |= {id(p) for _, p in hidden}
+            fix = (
+                "convert its plain submodules with pyro.nn.module.to_pyro_module_"
+                if isinstance(obj, PyroModule)
+                else f"make the {who} a pyro.nn.PyroModule"
+            )
             problems.append(
                 f"the {who} has parameters that Pyro never sees ({names}), so SVI would not "
-                f"train them: make the {who} a pyro.nn.PyroModule, or call "
-                f"pyro.module('{who}', self) at the top of its forward"
+                f"train them: {fix}, or call pyro.module('{who}', self) at the top of its "
+                "forward"
             )
     return problems, covered
 

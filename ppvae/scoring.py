@@ -13,7 +13,18 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from torch.distributions import kl_divergence
 
-from ppvae.pairs import Structure, batched, claim_parameters, data_frame, probe, run_pair
+from ppvae.pairs import (
+    Structure,
+    batched,
+    claim_parameters,
+    data_frame,
+    probe,
+    run_pair,
+    sample_sites,
+)
+
+PROBE_ROWS = 64
+"""Rows of the data that the pair is probed (and checked) on before scoring."""
 
 
 def analytic_kl(q: dist.Distribution, p: dist.Distribution) -> torch.Tensor | None:
@@ -81,10 +92,14 @@ class ScoredPair(NamedTuple):
 
     def sites(self, model_trace, guide_trace):
         """(the model's local latent sites, its observed sites, the guide's local sites)."""
-        st, m, g = self.structure, model_trace.nodes, guide_trace.nodes
+        st, m = self.structure, model_trace.nodes
         latent = [m[n] for n in dict.fromkeys((*st.local_latents, *st.enumerated))]
         observed = [m[n] for n in st.observed if data_frame(m[n], self.plate) is not None]
-        local = [g[n] for n in st.local_latents if n in g]
+        local = [  # every local guide site, auxiliary ones (an AutoGuide's) included
+            s
+            for s in sample_sites(guide_trace).values()
+            if not s["is_observed"] and data_frame(s, self.plate) is not None
+        ]
         return latent, observed, local
 
     def log_weights(self, model_trace, guide_trace) -> torch.Tensor:
@@ -106,7 +121,7 @@ class ScoredPair(NamedTuple):
         return rec, kl
 
     def _analytic_kl(self, model_trace, guide_trace) -> torch.Tensor | None:
-        if self.structure.enumerated:
+        if self.structure.enumerated or not self.structure.local_latents:
             return None
         total = 0.0
         for name in self.structure.local_latents:
@@ -122,8 +137,10 @@ class ScoredPair(NamedTuple):
 def scored_pair(model, guide, x, idx, plate: str) -> ScoredPair:
     """The pair called ``(x, idx, num_data)``, its parameters claimed, its structure probed."""
     model, guide = batched(model, plate), batched(guide, plate)
-    claim_parameters(model, guide, x, idx)
-    return ScoredPair(model, guide, probe(model, guide, x, idx, plate), plate)
+    rows = slice(0, min(PROBE_ROWS, x.shape[0]))
+    sub = None if idx is None else idx[rows]
+    claim_parameters(model, guide, x[rows], sub)
+    return ScoredPair(model, guide, probe(model, guide, x[rows], sub, plate), plate)
 
 
 def draws(pair: ScoredPair, x, idx, k: int, fn) -> list[torch.Tensor]:
@@ -134,5 +151,6 @@ def draws(pair: ScoredPair, x, idx, k: int, fn) -> list[torch.Tensor]:
     for _ in range(k // copies):
         out = fn(*pair.traces(x, idx, copies))
         out = out if isinstance(out, tuple) else (out,)
-        parts.append([t.reshape(copies, x.shape[0]) for t in out])
+        rows = copies * x.shape[0]  # a pair without local terms gives a 0-d zero: broadcast it
+        parts.append([torch.as_tensor(t).expand(rows).reshape(copies, x.shape[0]) for t in out])
     return [torch.cat(column) for column in zip(*parts, strict=True)]

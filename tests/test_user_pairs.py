@@ -12,12 +12,23 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import Predictive, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
 from torch import nn
 from torch.distributions import constraints
 
-from ppvae import FitConfig, elbo_terms, evaluate, fit, load_dataset, log_likelihood
+from ppvae import (
+    FitConfig,
+    ModelGuideError,
+    elbo_terms,
+    evaluate,
+    fit,
+    load_dataset,
+    log_likelihood,
+)
 from ppvae.config import ArchConfig, DataShape
 from ppvae.guides import GUIDES
+from ppvae.guides.refine import refine
+from ppvae.loop import epoch_batches
 from ppvae.models import MODELS
 from ppvae.pairs import batched
 from tests.conftest import steps_then_sigint
@@ -250,3 +261,140 @@ def test_global_latents_give_the_posterior_predictive_log_likelihood():
     # Var |x - mu|^2 = 4 v |x - m|^2 + 2 d v^2
     se = (4 * v * r2 + 2 * d * v * v).sqrt() / (2 * c) / math.sqrt(k)
     assert ((elbo - expected).abs() < 4 * se).all(), (elbo - expected) / se
+
+
+# --- what a new user's code hit (each test would have caught it) ---
+
+
+def test_a_store_loaded_from_disk_is_scored_not_thrown_away(digits, tmp_path):
+    """Pyro's way to load trained networks: ``ParamStoreDict.load`` then ``pyro.module(...,
+    update_module_params=True)``. evaluate must score the loaded values and leave them."""
+
+    class Loading(TutorialVAE):
+        def model(self, x):
+            pyro.module("decoder", self.decoder, update_module_params=True)
+            super().model(x)
+
+    torch.manual_seed(0)
+    trained = Loading()
+    fit(trained.model, trained.guide, digits, FitConfig(epochs=5, device="cpu"))
+    torch.manual_seed(1)
+    reference = evaluate(trained.model, trained.guide, digits.test, num_samples=50).iloc[0]
+    pyro.get_param_store().save(tmp_path / "store.pt")
+
+    pyro.clear_param_store()
+    fresh = Loading()
+    fresh.guide = trained.guide  # the encoder is not what is being loaded here
+    pyro.get_param_store().load(tmp_path / "store.pt")
+    torch.manual_seed(1)
+    loaded = evaluate(fresh.model, fresh.guide, digits.test, num_samples=50).iloc[0]
+    assert loaded.log_px == pytest.approx(reference.log_px, abs=1e-6)
+    assert torch.equal(fresh.decoder[0].weight, trained.decoder[0].weight)
+
+
+def test_evaluate_refuses_a_guide_that_does_not_match(digits):
+    vae = TutorialVAE()
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+
+    with pytest.raises(ModelGuideError, match="the guide samples 'z' but the model has no"):
+        evaluate(vae.model, guide, digits.test)
+
+
+def test_pyros_own_subsampling_idiom_is_scaled_to_the_data_set():
+    """``pyro.plate("data", len(x), subsample_size=b)`` inside a model that fit gives batches
+    of B rows out of N: Pyro weights the b rows by B / b, ppvae by N / B more."""
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x), subsample_size=8) as ind:
+            pyro.sample("obs", dist.Normal(mu, 1.0), obs=x[ind, 0])
+
+    trace = poutine.trace(batched(model)).get_trace(torch.randn(32, 1), None, 1000)
+    assert trace.nodes["obs"]["scale"] == pytest.approx(1000 / 8)
+    assert trace.nodes["mu"]["scale"] == 1.0
+
+
+def test_global_latents_with_an_autoguide(digits):
+    """Only a global latent: mu ~ N(0, I), x_n ~ N(mu, I), guide AutoNormal. The predictive
+    log p(x) is E_q[N(x; mu, I)] = N(x; m, (1 + s^2) I) for q = N(m, s^2), exactly."""
+    x = torch.randn(300, 3) + torch.tensor([1.0, -2.0, 0.5])
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(mu, 1.0).to_event(1), obs=x)
+
+    guide = AutoNormal(model)
+    fit(model, guide, x, FitConfig(epochs=30, batch_size=100, lr=0.05, device="cpu"))
+    m, s = guide.locs.mu.detach(), guide.scales.mu.detach()
+    exact = dist.Normal(m, (1 + s**2).sqrt()).to_event(1).log_prob(x)
+    ll = log_likelihood(model, guide, x, num_samples=500)
+    assert ((ll.log_px - exact).abs() < 4 * ll.stderr + 1e-6).all()
+    row = evaluate(model, guide, x, num_samples=50).iloc[0]
+    assert row.active_units == 0 and row.kl == 0.0
+
+
+def test_a_model_whose_only_latent_is_enumerated():
+    """A mixture of two Bernoulli images, no guide sites: log p(x) is exact with one sample."""
+    probs = torch.tensor([[0.9, 0.1, 0.8], [0.2, 0.7, 0.3]])
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(weights),
+                            infer={"enumerate": "parallel"})  # fmt: skip
+            pyro.sample("obs", dist.Bernoulli(probs[y]).to_event(1), obs=x)
+
+    x = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    weights = torch.tensor([0.3, 0.7])
+    exact = torch.stack(
+        [weights[k].log() + dist.Bernoulli(probs[k]).to_event(1).log_prob(x) for k in range(2)]
+    ).logsumexp(0)
+    ll = log_likelihood(model, lambda x: None, x, num_samples=1)
+    torch.testing.assert_close(ll.log_px, exact)
+    assert evaluate(model, lambda x: None, x, num_samples=1).iloc[0].active_units == 0
+
+
+def test_refine_a_mixture_prior_model(digits):
+    arch = ArchConfig(z_dim=2, hidden=(16,), components=3)
+    shape = DataShape(64, digits.image_shape, digits.train.shape[0])
+    model = MODELS["mixture-prior"](arch, shape)
+    guide = GUIDES["diag"](arch, shape, model)
+    result = refine(model, guide, digits.test[:20], steps=10, eval_samples=10)
+    assert (result.refined_elbo >= result.amortized_elbo).all()
+
+
+def test_dynamic_binarization_with_a_validated_bernoulli(digits):
+    """The check runs on the first batch as training sees it: binarized."""
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("latent", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("obs", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+    decoder = nn.Linear(2, 64)
+    dynamic = load_dataset("digits", binarize="dynamic")
+    result = fit(model, TutorialVAE().guide, dynamic, FitConfig(epochs=1, device="cpu"))
+    assert len(result.history) == 1
+
+
+def test_a_data_dependent_initialisation_sees_the_first_minibatch(digits):
+    def model(x):
+        mu = pyro.param("mu", lambda: x.mean(0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(mu, 1.0).to_event(1), obs=x)
+
+    config = FitConfig(epochs=1, batch_size=64, lr=1e-12, device="cpu")
+    fit(model, lambda x: None, digits.train, config)
+    x, batches = epoch_batches(digits.train, False, config, 0)
+    torch.testing.assert_close(pyro.param("mu").detach(), x[batches[0]].mean(0), atol=1e-6, rtol=0)
+
+
+def test_evaluating_float32_data_after_training_in_float64_says_what_to_do(digits):
+    vae = TutorialVAE()
+    fit(vae.model, vae.guide, digits.train.double(), FitConfig(epochs=1, device="cpu"))
+    with pytest.raises(ModelGuideError, match="the data is torch.float32: convert it"):
+        evaluate(vae.model, vae.guide, digits.test)
