@@ -10,9 +10,11 @@ read from the traces, and the one convention is a plate over the examples (``"da
 
 from typing import Any
 
+import pyro
 import torch
 from pyro import poutine
 
+from ppvae.errors import ModelGuideError  # its historical home: importable from here too
 from ppvae.objectives import OBJECTIVES
 from ppvae.pairs import (
     DEFAULT_PLATE,
@@ -24,22 +26,34 @@ from ppvae.pairs import (
 from ppvae.parameter_checks import param_problems
 
 
-class ModelGuideError(ValueError):
-    """The model and guide cannot be trained together; the message lists what to change."""
-
-
 def _first_line(err: BaseException) -> str:
     # Pyro appends a multi-line dump of trace shapes; the first line says what went wrong
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _hint(message: str, x: torch.Tensor) -> str:
+    """What commonly lies behind a failure's message, in a few words."""
+    if "dtype" in message or "scalar type" in message:
+        return (
+            f" (the data is {x.dtype}: convert it to the dtype of the pair's parameters; fit "
+            "converts a pair to its training data's dtype)"
+        )
+    if ("shape" in message or "size" in message) and len(pyro.get_param_store()):
+        return (
+            " (the param store holds values from earlier runs: if they belong to another "
+            "model, call pyro.clear_param_store() first)"
+        )
+    return ""
 
 
 def _run(fn, who: str, args):
     try:
         return poutine.trace(fn).get_trace(*args), None
     except Exception as err:  # any failure of user code becomes a readable problem
+        line, x = _first_line(err), args[0]
         return (
             None,
-            f"the {who} failed on a batch of shape {tuple(args[0].shape)}: {_first_line(err)}",
+            f"the {who} failed on a batch of shape {tuple(x.shape)}: {line}{_hint(line, x)}",
         )
 
 
@@ -66,14 +80,16 @@ def _unguided_problem(name: str, site, enumerates: bool) -> str:
     return ""
 
 
-def _site_problems(model_sites, guide_sites, objective: str) -> list[str]:
+def _site_problems(model_sites, guide_sites, objective: str | None) -> list[str]:
     latent = {n: s for n, s in model_sites.items() if not s["is_observed"]}
+    # an AutoGuide's auxiliary sites (say mu_unconstrained) have no model site by design
+    guide_sites = {n: s for n, s in guide_sites.items() if not s["infer"].get("is_auxiliary")}
     problems = [
         f"the guide samples '{n}' but the model has no latent site '{n}': rename it to one of "
         f"the model's latent sites ({', '.join(sorted(latent)) or 'none'}) or remove it"
         for n in sorted(set(guide_sites) - set(latent))
     ]
-    enumerates = OBJECTIVES[objective].enumerates
+    enumerates = objective is None or OBJECTIVES[objective].enumerates
     problems += [
         _unguided_problem(n, latent[n], enumerates) for n in sorted(set(latent) - set(guide_sites))
     ]
@@ -196,8 +212,8 @@ def _likelihood_problems(model_sites) -> list[str]:
     return problems
 
 
-def _reparam_problems(guide_sites, objective: str) -> list[str]:
-    if not OBJECTIVES[objective].reparameterized:
+def _reparam_problems(guide_sites, objective: str | None) -> list[str]:
+    if objective is None or not OBJECTIVES[objective].reparameterized:
         return []
     return [
         f"the guide's distribution at '{n}' ({type(s['fn']).__name__}) cannot be "
@@ -216,10 +232,13 @@ def problems(
     *,
     idx: torch.Tensor | None = None,
     num_data: int | None = None,
-    objective: str = "trace",
+    objective: str | None = "trace",
     plate: str = DEFAULT_PLATE,
 ) -> list[str]:
     """Everything that stops ``model`` and ``guide`` from training together on batch ``x``.
+
+    ``objective`` None checks the pair for scoring (``evaluate``): enumerated discrete latents
+    and guides that cannot be reparameterized are fine there.
 
     The model and guide may be written ``f(x)`` (Pyro's convention) or
     ``f(x, idx=None, num_data=None)`` (ppvae's); see :mod:`ppvae.pairs`. Tracing them registers
@@ -266,7 +285,7 @@ def check(model, guide, x: torch.Tensor, **kwargs: Any) -> None:
     >>> check(model, GUIDES["diag"](ArchConfig(z_dim=3), shape), torch.rand(10, 64))
     Traceback (most recent call last):
     ...
-    ppvae.checker.ModelGuideError: site 'z' has event shape (3,) in the guide but (2,) ...
+    ppvae.errors.ModelGuideError: site 'z' has event shape (3,) in the guide but (2,) ...
     """
     found = problems(model, guide, x, **kwargs)
     if found:

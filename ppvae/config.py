@@ -7,17 +7,16 @@ Names that pick a model, guide, objective or data set are keys of the registries
 
 import dataclasses
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ppvae.errors import ConfigError  # its historical home: importable from here too
+
 C = TypeVar("C", bound="JsonConfig")
-
-
-class ConfigError(ValueError):
-    """A config file or value that cannot be used; the message says which field and why."""
 
 
 class JsonConfig:
@@ -34,6 +33,21 @@ class JsonConfig:
     >>> Sizes.from_json(Sizes(hidden=(8, 4)).to_json())
     Sizes(hidden=(8, 4))
     """
+
+    def check_types(self) -> None:
+        """Raise ConfigError unless every field holds its declared type (an int is no float's
+        stand-in for an int field, nor a bool; floats are finite; None only where allowed).
+
+        Configs call it first in ``__post_init__``, so a JSON file is checked like arguments.
+        """
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            problem = _type_problem(hints[f.name], getattr(self, f.name))
+            if problem:
+                raise ConfigError(
+                    f"{type(self).__name__}: {f.name} must be {problem}, "
+                    f"got {getattr(self, f.name)!r}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -65,6 +79,32 @@ class JsonConfig:
             return cls.from_json(Path(path).read_text())
         except (OSError, json.JSONDecodeError, TypeError) as err:
             raise ConfigError(f"cannot read {cls.__name__} from {path}: {err}") from None
+
+
+def _type_problem(hint: Any, value: Any) -> str:
+    """What ``value`` should be for type ``hint``, or "" when it is that."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return ""
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        return "true or false" if not isinstance(value, bool) else ""
+    if hint is int:
+        return "an integer" if isinstance(value, bool) or not isinstance(value, int) else ""
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return "a number"
+        return "a finite number" if not math.isfinite(value) else ""
+    if hint is str:
+        return "a string" if not isinstance(value, str) else ""
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        ok = isinstance(value, tuple) and not any(_type_problem(item, v) for v in value)
+        return "a list of integers" if not ok else ""
+    if isinstance(hint, type) and not isinstance(value, hint):
+        return f"a {hint.__name__}"
+    return ""
 
 
 def _coerce(hint: Any, value: Any) -> Any:
@@ -122,6 +162,7 @@ class ArchConfig(JsonConfig):
     components: int = 10
 
     def __post_init__(self):
+        self.check_types()
         for name in ("z_dim", "rank", "flows", "context_dim", "components"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

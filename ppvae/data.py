@@ -19,6 +19,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ppvae.errors import DataError  # its historical home: importable from here too
+
 #: Where the Debian package ``dataset-fashion-mnist`` installs its gzip'ed IDX files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = (
@@ -27,10 +29,6 @@ IDX_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-
-
-class DataError(ValueError):
-    """A dataset is missing or corrupt, or data is not what a model needs."""
 
 
 class Dataset(NamedTuple):
@@ -85,8 +83,8 @@ def validate_data(x: Tensor, *, unit_interval: bool = False, what: str = "data")
     >>> validate_data(torch.zeros(3, 2, 2))
     Traceback (most recent call last):
     ...
-    ppvae.data.DataError: data must be 2-D (N, D) with one example per row, got shape (3, 2, 2); \
-flatten images to (N, C*H*W) first
+    ppvae.errors.DataError: data must be 2-D (N, D) with one example per row, got shape \
+(3, 2, 2); flatten images to (N, C*H*W) first
     """
     if not isinstance(x, Tensor):
         raise DataError(

@@ -7,7 +7,6 @@ coordinate. :func:`gradient_table` summarises them per parameter group, :func:`g
 draws them, and ``ppvae gradients`` does all three from the command line.
 """
 
-import argparse
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -147,7 +146,7 @@ def gradient_estimates(
         Keyed by objective and then by param-store name. Model parameters do not move; their
         gradients are discarded.
     """
-    _check_estimates(objectives, num_estimates, warmup)
+    check_estimates(objectives, num_estimates, warmup)
     args = (x, idx, num_data)
     model, guide = batched(model), batched(guide)
     params = _trace_params(guide, *args)
@@ -162,7 +161,7 @@ def gradient_estimates(
     return result
 
 
-def _check_estimates(objectives: Sequence[str], num_estimates: int, warmup: int) -> None:
+def check_estimates(objectives: Sequence[str], num_estimates: int, warmup: int) -> None:
     unknown = [k for k in objectives if k not in OBJECTIVES]
     if unknown:
         raise ConfigError(
@@ -272,117 +271,6 @@ def gradient_plot(table: pd.DataFrame, path=None) -> Figure:
 def to_markdown(table: pd.DataFrame) -> str:
     """The table as GitHub markdown, numbers to 4 significant digits."""
     return table.to_markdown(index=False, floatfmt=".4g") + "\n"
-
-
-def _build_pair(args: argparse.Namespace, data):
-    from ppvae.cli import arch_config
-    from ppvae.config import DataShape
-    from ppvae.guides import GUIDES
-    from ppvae.models import MODELS
-
-    arch = arch_config(args)
-    shape = DataShape(data.train.shape[1], data.image_shape, data.train.shape[0])
-    model = MODELS[args.model](arch, shape)
-    guide = GUIDES[args.guide](arch, shape, model)
-    if not [p for p in guide.parameters() if p.requires_grad]:
-        raise ConfigError(f"the guide '{args.guide}' has no parameters to take gradients of")
-    return model, guide
-
-
-def _at_realistic_point(args: argparse.Namespace, data, model, guide) -> torch.Tensor:
-    """Train briefly if asked (``fit`` checks the pair), and return the fixed minibatch."""
-    from ppvae.checker import check
-    from ppvae.train import FitConfig, fit, resolve_device
-
-    device = resolve_device(args.device)
-    b = min(args.batch_size, data.train.shape[0])
-    if args.train_epochs:
-        config = FitConfig(
-            epochs=args.train_epochs, batch_size=b, seed=args.seed, device=args.device
-        )
-        fit(model, guide, data, config, progress=False)
-    for m in (model, guide):
-        m.to(device)
-    x = data.train[:b].to(device)
-    check(model, guide, x, idx=torch.arange(b, device=device), objective="trace")
-    return x
-
-
-def _gradients(args: argparse.Namespace) -> int:
-    from ppvae.data import load_dataset
-
-    if args.batch_size < 1 or args.train_epochs < 0:
-        raise ConfigError("batch-size must be >= 1 and train-epochs >= 0")
-    _check_estimates(args.objectives, args.num_estimates, args.warmup)
-    data = load_dataset(
-        args.dataset, data_dir=args.data_dir, binarize=args.binarize, seed=args.seed
-    )
-    model, guide = _build_pair(args, data)
-    x = _at_realistic_point(args, data, model, guide)
-    moments = gradient_estimates(
-        model,
-        guide,
-        x,
-        idx=torch.arange(x.shape[0], device=x.device),
-        objectives=args.objectives,
-        num_estimates=args.num_estimates,
-        warmup=args.warmup,
-        seed=args.seed,
-    )
-    table = gradient_table(moments)
-    files = write_outputs(table, Path(args.out))
-    print(to_markdown(table[table["group"] == "total"]), end="")
-    print(f"outputs in {args.out}/: " + ", ".join(f.name for f in files))
-    return 0
-
-
-def add_gradients(sub) -> None:
-    """Register ``ppvae gradients``."""
-    from ppvae.cli import _describe, add_arch_args, add_data_args
-    from ppvae.guides import GUIDES
-    from ppvae.models import MODELS
-
-    p = sub.add_parser(
-        "gradients",
-        help="compare gradient estimators (reparameterized, score function, baseline)",
-        description="Draw many estimates of the ELBO gradient w.r.t. the guide's parameters "
-        "on one fixed minibatch, per estimator, and write gradients.csv, gradients.md and "
-        "gradients.png to --out: mean norm, total variance and signal-to-noise ratio per "
-        "parameter group.",
-    )
-    add_data_args(p)
-    g = p.add_argument_group("model and guide")
-    g.add_argument("--model", default="bernoulli", choices=list(MODELS), help=_describe(MODELS))
-    g.add_argument("--guide", default="diag", choices=list(GUIDES), help=_describe(GUIDES))
-    add_arch_args(p)
-    _add_estimate_args(p)
-    p.set_defaults(func=_gradients)
-
-
-def _add_estimate_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("estimates")
-    g.add_argument(
-        "--objectives",
-        nargs="+",
-        default=["trace", "score", "score-baseline"],
-        choices=list(OBJECTIVES),
-        help="the estimators to compare (default: %(default)s)",
-    )
-    g.add_argument("--num-estimates", type=int, default=200, help="(default: %(default)s)")
-    g.add_argument(
-        "--warmup", type=int, default=50, help="estimates discarded to settle a baseline"
-    )
-    g.add_argument("--batch-size", type=int, default=64, help="the fixed minibatch's size")
-    g.add_argument(
-        "--train-epochs",
-        type=int,
-        default=0,
-        help="first train the pair this many epochs, so gradients are taken at a realistic "
-        "point (default: 0, at initialization)",
-    )
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
-    g.add_argument("--out", default="runs/gradients", help="output directory")
 
 
 def write_outputs(table: pd.DataFrame, out: Path) -> list[Path]:

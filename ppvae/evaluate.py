@@ -24,9 +24,10 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
+from ppvae.checker import check
 from ppvae.data import validate_data
-from ppvae.pairs import DEFAULT_PLATE, batched, data_frame
-from ppvae.scoring import ScoredPair, draws, scored_pair
+from ppvae.pairs import DEFAULT_PLATE, aside, batched, data_frame, sample_sites
+from ppvae.scoring import PROBE_ROWS, ScoredPair, draws, scored_pair
 
 MAX_ROWS = 1 << 15
 """Rows (examples x samples) pushed through a model and guide at once on the CPU."""
@@ -90,9 +91,14 @@ def _row_chunks(n: int, per_row: int, max_rows: int = MAX_ROWS):
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _checked(x, model) -> None:
+def _checked(model, guide, x, idx, plate: str) -> None:
+    """Validate the data, then the pair on its first rows, as ``fit`` does before training."""
     unit = getattr(model, "requires_unit_interval", False)
     validate_data(x, unit_interval=unit, what="evaluation data")
+    rows = slice(0, min(PROBE_ROWS, x.shape[0]))
+    sub = None if idx is None else idx[rows]
+    with aside(x):  # checking draws no numbers from the stream the scoring uses
+        check(model, guide, x[rows], idx=sub, objective=None, plate=plate)
 
 
 @torch.no_grad()
@@ -128,7 +134,7 @@ def elbo_terms(
         Three tensors of shape (N,), in nats. With enumerated discrete latents, the
         reconstruction is log p(x | z) with them summed out and the KL is log q(z|x) - log p(z).
     """
-    _checked(x, model)
+    _checked(model, guide, x, idx, plate)
     pair = scored_pair(model, guide, x, idx, plate)
     parts = []
     for rows in _row_chunks(x.shape[0], num_samples, _chunk_rows(pair, x, idx)):
@@ -180,7 +186,7 @@ def log_likelihood(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    _checked(x, model)
+    _checked(model, guide, x, idx, plate)
     pair = scored_pair(model, guide, x, idx, plate)
     log_px, stderr = [], []
     log_k = math.log(num_samples)
@@ -200,8 +206,10 @@ def _local_guide_sites(guide, x: torch.Tensor, plate: str):
     trace = poutine.trace(batched(guide, plate)).get_trace(x, None, None)
     return {
         name: site
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"] and data_frame(site, plate)
+        for name, site in sample_sites(trace).items()
+        if not site["is_observed"]
+        and data_frame(site, plate)
+        and not site["infer"].get("is_auxiliary")
     }
 
 
@@ -222,6 +230,8 @@ def posterior_means(
     the guide samples them.
     """
     sites = _local_guide_sites(guide, x, plate)
+    if not sites:  # every latent is global or enumerated: nothing per example to average
+        return x.new_zeros(x.shape[0], 0)
     return torch.cat(
         [_mean(s["fn"], num_samples).reshape(x.shape[0], -1) for s in sites.values()], -1
     )
@@ -238,7 +248,10 @@ def active_units(
     variances : Tensor, shape (q,)
         The variance over examples of each coordinate of E_q[z | x].
     """
-    variances = posterior_means(guide, x, plate=plate).var(0)
+    means = posterior_means(guide, x, plate=plate)
+    if means.shape[-1] == 0:  # no local latent to be active
+        return 0, means.new_zeros(0)
+    variances = means.var(0)
     return int((variances > threshold).sum()), variances
 
 

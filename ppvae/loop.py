@@ -23,6 +23,7 @@ import torch
 from ppvae import checkpoint as ckpt
 from ppvae.config import ConfigError
 from ppvae.data import binarize_sample
+from ppvae.errors import TrainingError  # its historical home: importable from here too
 from ppvae.evaluate import elbo_terms
 from ppvae.objectives import OBJECTIVES, LatentScale
 
@@ -38,10 +39,6 @@ HISTORY_COLUMNS = [
     "beta",
     "seconds",
 ]
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss); the message names the epoch and step."""
 
 
 def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
@@ -180,13 +177,14 @@ def state(progress: _Progress, model, guide, step: Step, config) -> dict[str, An
         "config": config.to_dict(),
         "model": model.state_dict() if isinstance(model, torch.nn.Module) else None,
         "guide": guide.state_dict() if isinstance(guide, torch.nn.Module) else None,
-        "params": pyro.get_param_store().get_state(),
+        "params": ckpt.store_state(),
         "optim": step.state_dict(),
         "rng": ckpt.rng_state(),
     }
 
 
-def _check_compatible(saved: dict[str, Any], config, path) -> None:
+def check_compatible(saved: dict[str, Any], config, path) -> None:
+    """Raise ConfigError unless ``config`` matches the saved one in everything but epochs."""
     current = config.to_dict()
     differ = sorted(k for k, v in saved.items() if k != "epochs" and current.get(k) != v)
     if differ:
@@ -198,7 +196,7 @@ def restore(path, model, guide, step: Step, config, like: torch.Tensor) -> _Prog
     into the tensor the param store already holds (so the networks registered with
     ``pyro.module`` or as ``PyroModule`` train the restored values), on ``like``'s device."""
     saved = ckpt.load(path)
-    _check_compatible(saved["config"], config, path)
+    check_compatible(saved["config"], config, path)
     for obj, key in ((model, "model"), (guide, "guide")):
         if isinstance(obj, torch.nn.Module) and saved.get(key) is not None:
             obj.load_state_dict(saved[key])

@@ -17,9 +17,12 @@ from ppvae import checkpoint as ckpt
 from ppvae import plots
 from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig, atomic_write_text
 from ppvae.data import BINARIZATIONS, DATASETS, Dataset, load_dataset
+from ppvae.errors import OutputError, first_line
 from ppvae.evaluate import evaluate, generate, posterior_means, reconstruct
 from ppvae.guides import GUIDES
+from ppvae.loop import HISTORY_COLUMNS, check_compatible
 from ppvae.models import MODELS
+from ppvae.outputs import Staging, check_output_dir
 from ppvae.pairs import place
 from ppvae.train import FitConfig, FitResult, fit, resolve_device
 
@@ -63,7 +66,12 @@ class RunConfig(JsonConfig):
     fit: FitConfig = field(default_factory=FitConfig)
     eval_samples: int = 1000
 
+    def replace_epochs(self, epochs: int) -> "RunConfig":
+        """This run with ``fit.epochs`` set to ``epochs`` (to extend it)."""
+        return replace(self, fit=replace(self.fit, epochs=epochs))
+
     def __post_init__(self):
+        self.check_types()
         _choose("dataset", self.dataset, DATASETS)
         _choose("binarization", self.binarize, BINARIZATIONS)
         _choose("model", self.model, MODELS)
@@ -95,19 +103,26 @@ class RunResult(NamedTuple):
     files: list[Path]
 
 
-def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    if resume and not (out / CHECKPOINT).exists():
-        raise ConfigError(f"nothing to resume: {out / CHECKPOINT} does not exist")
-    if not resume and not overwrite and (out / CONFIG).exists():
-        raise ConfigError(f"{out} already holds a run; pass --resume or --overwrite")
-    if overwrite and not resume:  # a stale picture must not pass for this run's
-        for name in (CONFIG, HISTORY, CHECKPOINT, METRICS, *PICTURES):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+def _check_new_run(out: Path, overwrite: bool) -> None:
+    """A new run goes into an empty or new folder, or replaces a run with --overwrite."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder")
+    if (out / CONFIG).exists() or (out / CHECKPOINT).exists():
+        if not overwrite:
+            raise ConfigError(f"{out} already holds a run; pass --resume or --overwrite")
+    elif any(out.iterdir()):
+        raise ConfigError(
+            f"{out} holds other files and no run: choose an empty or new folder for --out"
+        )
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    atomic_write_text(path, frame.to_csv(index=False))
+    try:
+        atomic_write_text(path, frame.to_csv(index=False))
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {first_line(err)}") from err
     return path
 
 
@@ -141,28 +156,81 @@ def train(
     Files: ``config.json``, ``history.csv`` (rewritten every epoch), ``checkpoint.pt``
     (every epoch and on Ctrl-C), and when training completes ``metrics.csv`` (test ELBO and
     importance-sampled log p(x)), ``elbo.png``, ``reconstructions.png``, ``samples.png``, and
-    ``latent.png`` when z is 2-D. Nothing is written until the data, model and guide are built.
-    The run starts from an empty param store, as a new process would.
+    ``latent.png`` when z is 2-D.
+
+    Everything is checked first (the output folder, the config, the data, the device, the model
+    and guide on a batch). A new run is built in a hidden folder beside ``out`` and moved into
+    place when its first checkpoint is written, so a failure before that leaves ``out`` as it
+    was, and ``overwrite`` replaces an old run only by a new one that has started. With
+    ``resume``, ``history.csv`` is rewritten from the checkpoint first. The run starts from an
+    empty param store, as a new process would.
     """
-    out = Path(out)
+    out = check_output_dir(out)
+    if resume:
+        return _resume(run, out, progress)
+    _check_new_run(out, overwrite)
     data = load_data(run)
+    resolve_device(run.fit.device)
+    staging = Staging(out, CHECKPOINT)
+    try:
+        return _train_new(run, data, staging, progress)
+    finally:
+        staging.discard()  # a no-op once the run has been moved into place
+
+
+def _train_new(run: RunConfig, data: Dataset, staging: Staging, progress) -> RunResult:
     pyro.clear_param_store()
     model, guide = build(run, data)
-    _prepare_dir(out, resume, overwrite)
-    run.save(out / CONFIG)
-    files = [out / CONFIG, out / CHECKPOINT, out / HISTORY]
+    run.save(staging.folder / CONFIG)
+
+    def on_epoch(history: pd.DataFrame) -> None:
+        staging.publish()  # the first checkpoint is written: the new run takes --out's place
+        _write_csv(history, staging.folder / HISTORY)
+
+    result = fit(
+        model, guide, data, run.fit, checkpoint=staging, progress=progress, on_epoch=on_epoch
+    )
+    staging.publish()  # stopped by Ctrl-C before the first epoch ended: its checkpoint counts
+    return _finish(run, data, result, staging.folder)
+
+
+def _resume(run: RunConfig, out: Path, progress) -> RunResult:
+    if not (out / CHECKPOINT).exists():
+        raise ConfigError(f"nothing to resume: {out / CHECKPOINT} does not exist")
+    saved = ckpt.load(out / CHECKPOINT)
+    check_compatible(saved["config"], run.fit, out / CHECKPOINT)
+    done = saved["progress"]["epoch"]
+    if run.fit.epochs < done:
+        raise ConfigError(
+            f"epochs={run.fit.epochs} is fewer than the {done} epochs {out} has trained: "
+            "resume only extends a run"
+        )
+    data = load_data(run)
+    resolve_device(run.fit.device)
+    pyro.clear_param_store()
+    model, guide = build(run, data)
+    rows = saved["progress"]["rows"]
+    _write_csv(pd.DataFrame(rows, columns=HISTORY_COLUMNS), out / HISTORY)
+    (out / METRICS).unlink(missing_ok=True)  # rewritten once training ends
     result = fit(
         model,
         guide,
         data,
         run.fit,
         checkpoint=out / CHECKPOINT,
-        resume=resume,
+        resume=True,
         progress=progress,
         on_epoch=lambda h: _write_csv(h, out / HISTORY),
     )
+    run.save(out / CONFIG)  # its epochs, once training has gone past the old ones
+    return _finish(run, data, result, out)
+
+
+def _finish(run: RunConfig, data: Dataset, result: FitResult, out: Path) -> RunResult:
+    files = [out / CONFIG, out / CHECKPOINT, out / HISTORY]
     if result.interrupted:
         return RunResult(result, None, files)
+    model, guide = result.model, result.guide
     test = data.test.to(resolve_device(run.fit.device))
     metrics = None
     if getattr(guide, "amortized", True):
@@ -170,14 +238,6 @@ def train(
         files.append(_write_csv(metrics, out / METRICS))
     files += _pictures(result, data, test, out)
     return RunResult(result, metrics, files)
-
-
-def resumed_config(out: str | os.PathLike, epochs: int | None) -> RunConfig:
-    """The config saved in ``out``, with ``epochs`` raised if given (to extend a run)."""
-    run = RunConfig.load(Path(out) / CONFIG)
-    if epochs is None:
-        return run
-    return replace(run, fit=replace(run.fit, epochs=epochs))
 
 
 class LoadedRun(NamedTuple):

@@ -26,6 +26,7 @@ from ppvae.loop import (
     _DeferredInterrupt,
     _Loop,
     _Progress,
+    epoch_batches,
     restore,
     state,
 )
@@ -89,6 +90,7 @@ class FitConfig(JsonConfig):
     plate: str = DEFAULT_PLATE
 
     def __post_init__(self):
+        self.check_types()
         if self.objective not in OBJECTIVES:
             choices = ", ".join(OBJECTIVES)
             raise ConfigError(f"unknown objective '{self.objective}'; choose one of: {choices}")
@@ -99,6 +101,8 @@ class FitConfig(JsonConfig):
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.beta < 0 or self.kl_warmup_epochs < 0:
             raise ConfigError("beta and kl_warmup_epochs must be >= 0")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         resolve_device(self.device, check_available=False)
 
 
@@ -160,18 +164,24 @@ def _inputs(data: Dataset | torch.Tensor, model):
     return train, test, dynamic
 
 
-def training_step(model, guide, train: torch.Tensor, config: FitConfig) -> Step:
+def training_step(
+    model, guide, train: torch.Tensor, config: FitConfig, *, dynamic: bool = False
+) -> Step:
     """The optimizer step that :func:`fit` takes, ready for ``step(x, idx, num_data)``.
 
-    Moves the pair's parameters to the device (:func:`ppvae.pairs.place`), checks the pair on
-    a first batch (:func:`ppvae.checker.check`) and collects the parameters it registers in
-    Pyro's param store; ``benchmarks/step_time.py`` times exactly this step.
+    On the first batch of the first epoch (binarized if ``dynamic``), as a plain SVI loop's
+    first step would see it: moves the pair's parameters to the device
+    (:func:`ppvae.pairs.place`), checks the pair (:func:`ppvae.checker.check`) and collects
+    the parameters it registers in Pyro's param store. ``benchmarks/step_time.py`` times
+    exactly this step.
     """
     device = resolve_device(config.device)
     calls = batched(model, config.plate), batched(guide, config.plate)
-    place(model, guide, train, device, config.plate)
-    n, b = train.shape[0], min(config.batch_size, train.shape[0])
-    batch = (train[:b].to(device), torch.arange(b, device=device))
+    train = train.to(device)
+    x, batches = epoch_batches(train, dynamic, config, 0)
+    batch = (x[batches[0]], batches[0])
+    place(model, guide, batch[0], device, config.plate, idx=batch[1])
+    n = train.shape[0]
     check(
         model,
         guide,
@@ -241,8 +251,8 @@ def fit(
     """
     device = resolve_device(config.device)
     train, test, dynamic = _inputs(data, model)
-    step = training_step(model, guide, train, config)
     train, test = train.to(device), None if test is None else test.to(device)
+    step = training_step(model, guide, train, config, dynamic=dynamic)
     n, b = train.shape[0], min(config.batch_size, train.shape[0])
     pyro.set_rng_seed(config.seed)
     status = _Progress(rows=[])

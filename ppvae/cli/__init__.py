@@ -1,0 +1,53 @@
+"""The ``ppvae`` command line: one module per subcommand, shared argument helpers in ``common``.
+
+Every choice is a registry key, so ``--help`` lists exactly what exists. A mistake in the input
+prints one line (``ppvae: error: ...``) and exits with status 2; ``--debug`` (or
+``PPVAE_DEBUG=1``) shows the traceback instead. Ctrl-C exits with 130.
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from ppvae.cli import compare, gradients, train
+from ppvae.cli.common import provided
+from ppvae.errors import PPVAEError, first_line
+
+SUBCOMMANDS = [train.add, gradients.add, compare.add]
+
+
+def parser() -> argparse.ArgumentParser:
+    from ppvae import __version__
+
+    p = argparse.ArgumentParser(
+        prog="ppvae",
+        allow_abbrev=False,
+        description="Variational autoencoders as Pyro models and guides, with PPCA as the oracle.",
+        epilog="Run 'ppvae <command> --help' for the options of a command.",
+    )
+    p.add_argument("--version", action="version", version=f"ppvae {__version__}")
+    p.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error, not one line"
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="<command>")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ppvae`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    debug = args.debug or bool(os.environ.get("PPVAE_DEBUG"))
+    try:
+        return args.func(args, provided(args.parser, argv))
+    except PPVAEError as err:
+        if debug:
+            raise
+        print(f"ppvae: error: {first_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ppvae: interrupted", file=sys.stderr)
+        return 130

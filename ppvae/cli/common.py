@@ -1,0 +1,129 @@
+"""Argument helpers shared by the subcommands: data, architecture and training options, the
+configs they build, and which flags a command line gave explicitly."""
+
+import argparse
+import re
+from collections.abc import Sequence
+
+from ppvae.config import ArchConfig
+from ppvae.data import BINARIZATIONS, DATASETS
+from ppvae.objectives import OBJECTIVES
+from ppvae.train import FitConfig
+
+
+def one_line(text: str) -> str:
+    """A docstring's first line as plain help text: no reST backquotes, no final period."""
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return re.sub(r"`+", "", line).rstrip(".")
+
+
+def describe(registry) -> str:
+    """'key: first docstring line; ...' for a registry of builders."""
+    return "; ".join(f"{k}: {one_line(v.__doc__)}" for k, v in registry.items())
+
+
+def describe_objectives() -> str:
+    return "; ".join(f"{k}: {one_line(o.description)}" for k, o in OBJECTIVES.items())
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset",
+        default="digits",
+        choices=list(DATASETS),
+        help="(default: digits, embedded, needs no network)",
+    )
+    g.add_argument(
+        "--binarize",
+        default="none",
+        choices=BINARIZATIONS,
+        help="for Bernoulli decoders: none (grey levels), static (x > 0.5), "
+        "static-sample (one seeded draw), dynamic (a new draw every epoch)",
+    )
+    g.add_argument(
+        "--data-dir",
+        help="root holding the dataset files "
+        "(else $PPVAE_DATA_DIR, the Debian package, ~/.cache/ppvae)",
+    )
+
+
+def add_arch_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("architecture")
+    a = ArchConfig()
+    g.add_argument("--z-dim", type=int, default=a.z_dim, help="latent dimension (%(default)s)")
+    g.add_argument(
+        "--hidden", type=int, nargs="+", default=list(a.hidden), help="MLP hidden sizes"
+    )
+    g.add_argument(
+        "--conv", action="store_true", help="conv encoder and decoder instead of MLPs (images)"
+    )
+    g.add_argument("--rank", type=int, default=a.rank, help="rank of the low-rank guide")
+    g.add_argument("--flows", type=int, default=a.flows, help="transforms in the flow guide")
+    g.add_argument(
+        "--components",
+        type=int,
+        default=a.components,
+        help="mixture components of the mixture-prior model (%(default)s)",
+    )
+
+
+def add_fit_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    f = FitConfig()
+    g.add_argument(
+        "--epochs", type=int, default=None, help=f"passes over the data (default: {f.epochs})"
+    )
+    g.add_argument("--batch-size", type=int, default=f.batch_size, help="(default: %(default)s)")
+    g.add_argument("--lr", type=float, default=f.lr, help="Adam learning rate (%(default)s)")
+    g.add_argument(
+        "--objective", default=f.objective, choices=list(OBJECTIVES), help=describe_objectives()
+    )
+    g.add_argument(
+        "--num-particles",
+        type=int,
+        default=f.num_particles,
+        help="samples of z per example per step; K for iwae",
+    )
+    g.add_argument("--beta", type=float, default=f.beta, help="weight of the KL term (beta-VAE)")
+    g.add_argument(
+        "--kl-warmup-epochs",
+        type=int,
+        default=f.kl_warmup_epochs,
+        help="anneal the KL weight from 0 over this many epochs",
+    )
+    g.add_argument("--seed", type=int, default=f.seed)
+    g.add_argument("--device", default=f.device, help="auto, cpu, cuda or cuda:N (default: auto)")
+
+
+def arch_config(args) -> ArchConfig:
+    return ArchConfig(
+        z_dim=args.z_dim,
+        hidden=tuple(args.hidden),
+        conv=args.conv,
+        rank=args.rank,
+        flows=args.flows,
+        components=args.components,
+    )
+
+
+def fit_config(args) -> FitConfig:
+    epochs = args.epochs if args.epochs is not None else FitConfig().epochs
+    return FitConfig(
+        epochs=epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        objective=args.objective,
+        num_particles=args.num_particles,
+        beta=args.beta,
+        kl_warmup_epochs=args.kl_warmup_epochs,
+        seed=args.seed,
+        device=args.device,
+    )
+
+
+def provided(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The destinations of the options that ``argv`` gives explicitly (parsers are built with
+    ``allow_abbrev=False``, so an option is one of its own strings or ``--opt=value``)."""
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
+    return {a.dest for a in parser._actions if given & set(a.option_strings)}

@@ -1,0 +1,121 @@
+"""``ppvae train``: train a model and guide by SVI and write a run directory."""
+
+from pathlib import Path
+
+from ppvae.cli.common import (
+    add_arch_args,
+    add_data_args,
+    add_fit_args,
+    arch_config,
+    describe,
+    fit_config,
+)
+from ppvae.config import ConfigError
+from ppvae.guides import GUIDES
+from ppvae.models import MODELS
+
+KEPT_ON_RESUME = {"out", "resume", "overwrite", "epochs", "debug", "func", "parser"}
+"""Flags a resumed run may be given: everything else is the saved run's own."""
+
+
+def _new_config(args):
+    from ppvae.run import RunConfig
+
+    return RunConfig(
+        dataset=args.dataset,
+        binarize=args.binarize,
+        data_dir=args.data_dir,
+        model=args.model,
+        guide=args.guide,
+        arch=arch_config(args),
+        fit=fit_config(args),
+        eval_samples=args.eval_samples,
+    )
+
+
+def _flat(config) -> dict:
+    """{leaf field: value} of a RunConfig, lists as tuples (field names are unique)."""
+    flat = {}
+    for key, value in config.to_dict().items():
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        flat |= {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in items}
+    return flat
+
+
+def _resumed_config(args, given: set[str]):
+    """The saved run's config; only a larger --epochs may change, any other flag is refused."""
+    from ppvae.run import CONFIG, RunConfig
+
+    path = Path(args.out) / CONFIG
+    if not path.exists():
+        raise ConfigError(f"nothing to resume: {path} does not exist")
+    saved = RunConfig.load(path)
+    requested, kept = _flat(_new_config(args)), _flat(saved)
+    changed = sorted(d for d in given - KEPT_ON_RESUME if requested.get(d) != kept.get(d))
+    if changed:
+        flags = ", ".join(
+            f"--{d.replace('_', '-')} {requested[d]} (saved {kept[d]})" for d in changed
+        )
+        raise ConfigError(
+            f"--resume continues the run in {args.out} with its own settings and only --epochs "
+            f"may change, but {flags}: start a new run instead (another --out, or --overwrite)"
+        )
+    if args.epochs is None:
+        return saved
+    if args.epochs < saved.fit.epochs:
+        raise ConfigError(
+            f"--epochs {args.epochs} would shorten the saved run of {saved.fit.epochs} epochs: "
+            "--resume only extends a run"
+        )
+    return saved.replace_epochs(args.epochs)
+
+
+def run(args, given: set[str]) -> int:
+    from ppvae.run import train
+
+    config = _resumed_config(args, given) if args.resume else _new_config(args)
+    result = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
+    out = Path(args.out)
+    if result.fit.interrupted:
+        print(f"interrupted; checkpoint saved. Continue with: ppvae train --out {out} --resume")
+        return 130
+    if len(result.fit.history):
+        last = result.fit.history.iloc[-1]
+        print(
+            f"epoch {int(last.epoch)}: train ELBO {last.train_elbo:.2f}, "
+            f"test ELBO {last.test_elbo:.2f} nats per example"
+        )
+    if result.metrics is not None:
+        m = result.metrics.iloc[0]
+        k = int(m.num_samples)
+        print(f"test log p(x) ~ {m.log_px:.2f} +- {m.log_px_stderr:.3f} nats (K={k})")
+    print(f"outputs in {out}/: " + ", ".join(sorted({p.name for p in result.files})))
+    return 0
+
+
+def add(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        allow_abbrev=False,
+        help="train a model and guide by SVI and write a run directory",
+        description="Train a VAE (model + guide) by SVI. Writes config.json, history.csv, "
+        "checkpoint.pt, metrics.csv and PNG pictures to --out. Ctrl-C saves a checkpoint; "
+        "--resume continues it with the saved settings (only --epochs may be raised).",
+    )
+    add_data_args(p)
+    g = p.add_argument_group("model and guide")
+    g.add_argument("--model", default="bernoulli", choices=list(MODELS), help=describe(MODELS))
+    g.add_argument("--guide", default="diag", choices=list(GUIDES), help=describe(GUIDES))
+    add_arch_args(p)
+    add_fit_args(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default="runs/demo", help="run directory (default: %(default)s)")
+    g.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    g.add_argument(
+        "--eval-samples",
+        type=int,
+        default=1000,
+        help="K for the importance-sampled test log p(x) (default: %(default)s)",
+    )
+    p.set_defaults(func=run, parser=p)

@@ -1,0 +1,46 @@
+"""The errors ppvae raises for mistakes in what it is given: one type per kind of mistake.
+
+Each says, in one line, what is wrong and what to change; the command line prints that line
+and exits with status 2 (``--debug`` shows the traceback). All derive from :class:`PPVAEError`
+and from the built-in type a Python caller would expect (``ValueError``, ``RuntimeError``,
+``OSError``), so ``except ValueError`` keeps working.
+
+Examples
+--------
+>>> issubclass(ConfigError, PPVAEError) and issubclass(ConfigError, ValueError)
+True
+"""
+
+
+class PPVAEError(Exception):
+    """A mistake in ppvae's input, explained in one line (the base of the ones below)."""
+
+
+class ConfigError(PPVAEError, ValueError):
+    """A config file or value that cannot be used; the message says which field and why."""
+
+
+class DataError(PPVAEError, ValueError):
+    """A dataset is missing or corrupt, or data is not what a model needs."""
+
+
+class ModelGuideError(PPVAEError, ValueError):
+    """The model and guide cannot be trained together; the message lists what to change."""
+
+
+class TrainingError(PPVAEError, RuntimeError):
+    """Training cannot go on (a non-finite loss); the message names the epoch and step."""
+
+
+class CheckpointError(PPVAEError, ValueError):
+    """A checkpoint that cannot be read (truncated, empty, foreign, or unsafe to load)."""
+
+
+class OutputError(PPVAEError, OSError):
+    """An output that cannot be written (a file where a folder should be, no permission, a
+    full disk); what was written before stays as it was."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (Pyro and torch append dumps), or its type's name."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
