@@ -92,7 +92,8 @@ def _row_chunks(n: int, per_row: int, max_rows: int = MAX_ROWS):
 
 def _checked(x, model) -> None:
     unit = getattr(model, "requires_unit_interval", False)
-    validate_data(x, unit_interval=unit, what="evaluation data")
+    missing = getattr(model, "accepts_missing", False)  # NaN = a missing entry
+    validate_data(x, unit_interval=unit, missing=missing, what="evaluation data")
 
 
 @torch.no_grad()
