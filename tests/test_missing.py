@@ -22,6 +22,7 @@ from ppvae.models.sites import LATENT, OBS, data_plate
 from ppvae.objectives import OBJECTIVES
 from ppvae.pairs import batched
 from ppvae.train import training_step
+from tests.conftest import cuda
 from tests.test_losses import _forbid_host_reads
 
 NAN = math.nan
@@ -260,6 +261,24 @@ def test_a_masked_training_step_never_reads_a_tensor_on_the_host(
         _forbid_host_reads(m)
         value = step(x[idx], idx, 200)
     assert torch.isfinite(value)
+
+
+@cuda
+def test_a_masked_training_step_on_cuda_does_not_synchronize():
+    arch, shape = ArchConfig(z_dim=Q, hidden=(16,)), DataShape(64, None, 200)
+    model = MODELS["bernoulli"](arch, shape)
+    guide = GUIDES["masked-diag"](arch, shape, model)
+    x = with_missing(torch.rand(200, 64).round(), mcar_mask((200, 64), 0.3, seeded(0))).cuda()
+    config = FitConfig(objective="iwae", num_particles=3, batch_size=32, device="cuda")
+    step = training_step(model, guide, x, config)
+    idx = torch.arange(32, device="cuda")
+    step(x[idx], idx, 200)  # warm-up: allocations may synchronize once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            step(x[idx], idx, 200)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def independent_pixels(train: torch.Tensor, test: torch.Tensor) -> float:
