@@ -16,10 +16,11 @@ from ppvae.guides.amortized import (
     DiagonalNormalHead,
     FullCovarianceHead,
     LowRankHead,
+    MaskedInput,
 )
 from ppvae.guides.flow import FlowHead
 from ppvae.guides.local import LocalGuide
-from ppvae.guides.ppca_exact import ExactPPCAGuide
+from ppvae.guides.ppca_exact import ExactObservedPPCAGuide, ExactPPCAGuide
 from ppvae.nets import MLP, ConvEncoderNet
 
 
@@ -33,6 +34,15 @@ def encoder_net(arch: ArchConfig, shape: DataShape, out_dim: int) -> nn.Module:
 def amortized(head: nn.Module, arch: ArchConfig, shape: DataShape) -> AmortizedGuide:
     """An encoder trunk sized for ``head``'s parameters, then the head."""
     return AmortizedGuide(encoder_net(arch, shape, head.param_dim), head)
+
+
+def masked(head: nn.Module, arch: ArchConfig, shape: DataShape) -> AmortizedGuide:
+    """An encoder of [zero-filled x, mask] (:class:`MaskedInput`), sized for ``head``."""
+    image = shape.image_shape
+    doubled = shape._replace(
+        x_dim=2 * shape.x_dim, image_shape=None if image is None else (2 * image[0], *image[1:])
+    )
+    return AmortizedGuide(MaskedInput(encoder_net(arch, doubled, head.param_dim)), head)
 
 
 def diagonal(arch: ArchConfig, shape: DataShape, model=None) -> AmortizedGuide:
@@ -65,11 +75,24 @@ def local(arch: ArchConfig, shape: DataShape, model=None) -> LocalGuide:
     return LocalGuide(DiagonalNormalHead(arch.z_dim), shape.num_data)
 
 
+def masked_diagonal(arch: ArchConfig, shape: DataShape, model=None) -> AmortizedGuide:
+    """N(mu, diag(sigma^2)) of [zero-filled x, mask]: the encoder for missing entries (NaN)."""
+    return masked(DiagonalNormalHead(arch.z_dim), arch, shape)
+
+
 def ppca_exact(arch: ArchConfig, shape: DataShape, model=None) -> ExactPPCAGuide:
     """The exact PPCA posterior (needs the ``ppca`` model): ELBO = log p(x)."""
     if not hasattr(model, "W"):
         raise ConfigError("the ppca-exact guide needs the ppca model (--model ppca)")
     return ExactPPCAGuide(model)
+
+
+def masked_ppca_exact(arch: ArchConfig, shape: DataShape, model=None) -> ExactObservedPPCAGuide:
+    """The exact PPCA posterior given the observed entries (needs the ``ppca`` model):
+    ELBO = log p(x_obs)."""
+    if not hasattr(model, "W"):
+        raise ConfigError("the masked-ppca-exact guide needs the ppca model (--model ppca)")
+    return ExactObservedPPCAGuide(model)
 
 
 GUIDES: dict[str, Callable[..., nn.Module]] = {
@@ -80,16 +103,21 @@ GUIDES: dict[str, Callable[..., nn.Module]] = {
     "linear": linear,
     "local": local,
     "ppca-exact": ppca_exact,
+    "masked-diag": masked_diagonal,
+    "masked-ppca-exact": masked_ppca_exact,
 }
 
 __all__ = [
     "GUIDES",
     "AmortizedGuide",
     "DiagonalNormalHead",
+    "ExactObservedPPCAGuide",
     "ExactPPCAGuide",
     "FlowHead",
     "FullCovarianceHead",
     "LocalGuide",
     "LowRankHead",
+    "MaskedInput",
     "encoder_net",
+    "masked",
 ]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import nn
 
+from ppvae.missing import observed
 from ppvae.models.sites import LATENT, data_plate
 
 MIN_SCALE = 1e-5
@@ -86,6 +87,33 @@ class LowRankHead(nn.Module):
         loc, factor, rho = h.split([q, q * self.rank, q], dim=-1)
         factor = factor.reshape(*h.shape[:-1], q, self.rank)
         return dist.LowRankMultivariateNormal(loc, factor, positive(rho) ** 2)
+
+
+class MaskedInput(nn.Module):
+    """An encoder net that reads data with missing entries (NaN): it sees the zero-filled data
+    and the mask side by side, ``net([x_0, m])`` with x_0 = x where observed and 0 elsewhere,
+    m = 1 where observed and 0 elsewhere (Mattei & Frellsen 2019).
+
+    Parameters
+    ----------
+    net : nn.Module
+        (..., 2 D) -> (..., P). A conv net takes the mask as extra channels: images (C, H, W)
+        become (2 C, H, W), since the flat data and mask are concatenated channel-major.
+
+    Examples
+    --------
+    >>> enc = MaskedInput(nn.Linear(6, 4))
+    >>> enc(torch.tensor([[0.5, float("nan"), 1.0]])).isfinite().all()
+    tensor(True)
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        filled, mask = observed(x)
+        return self.net(torch.cat([filled, mask.to(filled.dtype)], -1))
 
 
 class AmortizedGuide(PyroModule):

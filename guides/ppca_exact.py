@@ -5,7 +5,9 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from ppvae.baselines.missing import observed_posterior
 from ppvae.baselines.ppca import ppca_posterior
+from ppvae.missing import observed
 from ppvae.models.ppca import PPCA
 from ppvae.models.sites import LATENT, data_plate
 
@@ -50,3 +52,36 @@ class ExactPPCAGuide(PyroModule):
     ) -> torch.Tensor:
         with data_plate(x, idx, num_data):
             return pyro.sample(LATENT, self.encode(x))
+
+
+class ExactObservedPPCAGuide(ExactPPCAGuide):
+    """q(z | x) = p(z | x_obs): the exact PPCA posterior given the observed (non-NaN) entries.
+
+    Each row n has its own observed dimensions O_n, so its own q x q matrix M_n; with nothing
+    missing this is :class:`ExactPPCAGuide`'s posterior, computed row by row.
+
+    Notes
+    -----
+    .. math::
+
+        q(z \\mid x) = \\mathcal{N}\\big(M_n^{-1} W_O^\\top (x_O - \\mu_O),\\;
+        \\sigma^2 M_n^{-1}\\big), \\qquad M_n = W_O^\\top W_O + \\sigma^2 I_q.
+
+    With the masked likelihood of :class:`~ppvae.models.vae.VAE`, log p(x_obs, z) -
+    log q(z | x) = log p(x_obs) for every z, so every bound (ELBO, IWAE for any K) equals the
+    observed-data log-likelihood: the oracle for training and scoring on incomplete data.
+
+    Examples
+    --------
+    >>> model = PPCA(x_dim=4, z_dim=2)
+    >>> x = torch.tensor([[0.0, float("nan"), 1.0, 2.0]])
+    >>> ExactObservedPPCAGuide(model)(x).shape
+    torch.Size([1, 2])
+    """
+
+    def encode(self, x: torch.Tensor) -> dist.Distribution:
+        """p(z | x_obs) for x of shape (B, D) with NaN at missing entries: batch shape (B,)."""
+        W, mu, sigma2 = self.model.W, self.model.mu, self.model.sigma2
+        filled, mask = observed(x - mu)
+        posterior = observed_posterior(filled, mask.to(W.dtype), W, sigma2)
+        return dist.MultivariateNormal(posterior.mean, covariance_matrix=posterior.cov)

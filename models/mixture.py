@@ -6,7 +6,7 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
-from ppvae.models.sites import CLUSTER, LATENT, OBS, batch_rows, data_plate
+from ppvae.models.sites import CLUSTER, LATENT, batch_rows, data_plate
 from ppvae.models.vae import VAE
 
 
@@ -76,4 +76,4 @@ class MixturePriorVAE(VAE):
                 CLUSTER, dist.Categorical(logits=self.logits), infer={"enumerate": "parallel"}
             )
             z = pyro.sample(LATENT, dist.Normal(self.locs[y], self.scales[y]).to_event(1))
-            return pyro.sample(OBS, self.decoder(z), obs=x)
+            return self.observe(z, x)

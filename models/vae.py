@@ -5,7 +5,31 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from ppvae.missing import observed
 from ppvae.models.sites import LATENT, OBS, batch_rows, data_plate
+
+
+def entrywise(likelihood: dist.Distribution) -> bool:
+    """Whether ``likelihood`` (event shape (D,)) is a product over entries whose factors can be
+    masked one by one: an ``Independent`` over one dimension, as every catalogue decoder's."""
+    return isinstance(likelihood, dist.Independent) and likelihood.reinterpreted_batch_ndims == 1
+
+
+def observed_entries(likelihood: dist.Distribution, mask: torch.Tensor) -> dist.Distribution:
+    """p(x_obs | z): the entries where ``mask`` (..., D) is False drop out of the product.
+
+    The per-entry distribution is masked (Pyro's ``Distribution.mask``) before the entries are
+    summed into one event, so a masked entry contributes exactly 0 to the log-density.
+
+    Examples
+    --------
+    >>> p = dist.Normal(torch.zeros(1, 3), 1.0).to_event(1)
+    >>> mask = torch.tensor([[True, False, True]])
+    >>> float(observed_entries(p, mask).log_prob(torch.zeros(1, 3))) == 2 * float(
+    ...     dist.Normal(0.0, 1.0).log_prob(torch.tensor(0.0)))
+    True
+    """
+    return dist.Independent(likelihood.base_dist.mask(mask), 1)
 
 
 class VAE(PyroModule):
@@ -37,6 +61,13 @@ class VAE(PyroModule):
     ``Predictive`` samples its prior (and, with a guide and ``poutine.uncondition``, its
     posterior predictive).
 
+    Missing entries (NaN in ``x``) drop out of the likelihood, which becomes
+    p(x_obs | z) = prod_{d observed} p(x_d | z) (see :meth:`observe`), so ``fit`` trains on
+    incomplete data (``accepts_missing``) and the importance-weighted bound (objective ``iwae``)
+    is MIWAE's (Mattei & Frellsen 2019). Pair it with a guide that reads the mask
+    (``GUIDES["masked-diag"]``). With nothing missing the sites and numbers are those of the
+    plain likelihood.
+
     Examples
     --------
     >>> from torch import nn
@@ -48,6 +79,9 @@ class VAE(PyroModule):
     >>> vae(None, batch_size=3).shape  # three draws from p(z) p(x | z)
     torch.Size([3, 64])
     """
+
+    accepts_missing = True
+    """NaN in ``x`` marks a missing entry, which the likelihood leaves out."""
 
     def __init__(self, decoder: PyroModule, z_dim: int, *, name: str = "model"):
         super().__init__(name)
@@ -80,4 +114,15 @@ class VAE(PyroModule):
         is None; ``idx`` and ``num_data`` as in the plate."""
         with data_plate(batch_rows(x, idx, batch_size), idx, num_data):
             z = pyro.sample(LATENT, self.prior())
-            return pyro.sample(OBS, self.decoder(z), obs=x)
+            return self.observe(z, x)
+
+    def observe(self, z: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """The observed site x ~ p(x | z), inside the data plate: only the entries of ``x``
+        that are not NaN are scored (the others are zero-filled and masked out), or, with
+        ``x=None``, a draw. A decoder whose distribution is not a product over entries
+        (:func:`entrywise`) observes ``x`` as it is."""
+        likelihood = self.decoder(z)
+        if x is None or not entrywise(likelihood):
+            return pyro.sample(OBS, likelihood, obs=x)
+        filled, mask = observed(x)
+        return pyro.sample(OBS, observed_entries(likelihood, mask), obs=filled)

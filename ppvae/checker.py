@@ -212,6 +212,21 @@ def _likelihood_problems(model_sites) -> list[str]:
     return problems
 
 
+MISSING_HINT = (
+    " (the batch has missing entries, NaN: the guide must read them, e.g. an encoder of the "
+    "zero-filled data and its mask, GUIDES['masked-diag'])"
+)
+
+
+def _draw_problems(guide_sites, x: torch.Tensor) -> list[str]:
+    hint = MISSING_HINT if bool(x.isnan().any()) else ""
+    return [
+        f"the guide's draw at '{n}' is not finite on this batch{hint}"
+        for n, s in guide_sites.items()
+        if torch.is_floating_point(s["value"]) and not bool(s["value"].isfinite().all())
+    ]
+
+
 def _reparam_problems(guide_sites, objective: str | None) -> list[str]:
     if objective is None or not OBJECTIVES[objective].reparameterized:
         return []
@@ -254,6 +269,8 @@ def problems(
     claim_parameters(*calls, x, idx)
     guide_trace, guide_error = _run(calls[1], "guide", args)
     model_trace, model_error = _run(calls[0], "model", args)
+    if guide_error and bool(x.isnan().any()):
+        guide_error += MISSING_HINT
     if guide_error or model_error:
         return [e for e in (guide_error, model_error) if e]
     model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
@@ -261,7 +278,8 @@ def problems(
     if found:
         return found + _likelihood_problems(model_sites)
     return (
-        _site_problems(model_sites, guide_sites, objective)
+        _draw_problems(guide_sites, x)
+        + _site_problems(model_sites, guide_sites, objective)
         + _shape_problems(model_sites, guide_sites)
         + _placement_problems(model_sites, guide_sites, plate)
         + _size_problems(model_sites, guide_sites, plate, x.shape[0], num_data)

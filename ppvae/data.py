@@ -31,6 +31,12 @@ IDX_FILES = (
 )
 
 
+NAN_HINT = (
+    "; NaN marks a missing entry only for a model with accepts_missing (ppvae's VAE models) "
+    "and a guide that reads the mask (GUIDES['masked-diag'])"
+)
+
+
 class Dataset(NamedTuple):
     """A train/test pair of flat float32 data sets.
 
@@ -66,7 +72,9 @@ class Dataset(NamedTuple):
     params: dict[str, Tensor] | None = None
 
 
-def validate_data(x: Tensor, *, unit_interval: bool = False, what: str = "data") -> None:
+def validate_data(
+    x: Tensor, *, unit_interval: bool = False, missing: bool = False, what: str = "data"
+) -> None:
     """Raise :class:`DataError` unless ``x`` is a finite, non-empty ``(N, D)`` float tensor.
 
     Parameters
@@ -75,6 +83,9 @@ def validate_data(x: Tensor, *, unit_interval: bool = False, what: str = "data")
         ``(N, D)`` data, one example per row.
     unit_interval : bool
         Also require every entry to lie in [0, 1], as Bernoulli-type decoders do.
+    missing : bool
+        Accept NaN as a missing entry (for a model with ``accepts_missing``), as long as every
+        row has an observed entry; the other checks then apply to the observed entries.
     what : str
         How to name ``x`` in the message.
 
@@ -100,15 +111,22 @@ def validate_data(x: Tensor, *, unit_interval: bool = False, what: str = "data")
         raise DataError(f"{what} is empty (shape {tuple(x.shape)})")
     if not x.is_floating_point():
         raise DataError(f"{what} must have a floating dtype, got {x.dtype}; use x.float()")
-    _check_values(x, what, unit_interval)
+    _check_values(x, what, unit_interval, missing)
 
 
-def _check_values(x: Tensor, what: str, unit_interval: bool) -> None:
+def _check_values(x: Tensor, what: str, unit_interval: bool, missing: bool = False) -> None:
     lo, hi = (float(v) for v in x.aminmax())
     # min and max propagate NaN and Inf, so one fast pass suffices unless there is a problem.
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        n_nan, n_inf = (int(torch.count_nonzero(bad)) for bad in (x.isnan(), x.isinf()))
-        raise DataError(f"{what} has {n_nan} NaN and {n_inf} Inf entries (of {x.numel()})")
+        nan = x.isnan()
+        n_nan, n_inf = int(torch.count_nonzero(nan)), int(torch.count_nonzero(x.isinf()))
+        if n_inf or not missing:
+            hint = "" if n_inf or not n_nan else NAN_HINT
+            raise DataError(
+                f"{what} has {n_nan} NaN and {n_inf} Inf entries (of {x.numel()}){hint}"
+            )
+        check_rows_observed(nan, what)
+        lo, hi = (float(v) for v in x[~nan].aminmax())
     if unit_interval and (lo < 0 or hi > 1):
         raise DataError(
             f"{what} must lie in [0, 1] for Bernoulli-type decoders, found min {lo:.4g} and "
@@ -116,17 +134,41 @@ def _check_values(x: Tensor, what: str, unit_interval: bool) -> None:
         )
 
 
-def binarize_sample(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Draw ``Bernoulli(x)`` entrywise: one stochastic binarization of data in [0, 1].
-
-    Returns a tensor of 0s and 1s with the shape, dtype and device of ``x``.
+def check_rows_observed(nan: Tensor, what: str = "data") -> None:
+    """Raise :class:`DataError` if a row of the (N, D) boolean ``nan`` (True = missing) is all
+    missing: a row with nothing observed has no likelihood to learn from or condition on.
 
     Examples
     --------
-    >>> binarize_sample(torch.tensor([[0.0, 1.0]]))
-    tensor([[0., 1.]])
+    >>> check_rows_observed(torch.tensor([[False, True], [True, True]]))
+    Traceback (most recent call last):
+    ...
+    ppvae.errors.DataError: data has 1 row with nothing observed (all NaN), the first is row 1; \
+drop it: every row needs an observed entry
     """
-    return torch.bernoulli(x, generator=generator)
+    empty = nan.all(-1).nonzero().flatten()
+    if len(empty):
+        rows = "1 row" if len(empty) == 1 else f"{len(empty)} rows"
+        raise DataError(
+            f"{what} has {rows} with nothing observed (all NaN), the first is row "
+            f"{int(empty[0])}; drop {'it' if len(empty) == 1 else 'them'}: every row needs an "
+            "observed entry"
+        )
+
+
+def binarize_sample(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Draw ``Bernoulli(x)`` entrywise: one stochastic binarization of data in [0, 1].
+
+    Returns a tensor of 0s and 1s with the shape, dtype and device of ``x``; missing entries
+    (NaN) stay NaN.
+
+    Examples
+    --------
+    >>> binarize_sample(torch.tensor([[0.0, 1.0, float("nan")]]))
+    tensor([[0., 1., nan]])
+    """
+    observed = ~x.isnan()
+    return torch.bernoulli(x.where(observed, 0.0), generator=generator).where(observed, x)
 
 
 def dequantize(x: Tensor, generator: torch.Generator | None = None, levels: int = 256) -> Tensor:

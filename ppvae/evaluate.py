@@ -94,7 +94,8 @@ def _row_chunks(n: int, per_row: int, max_rows: int = MAX_ROWS):
 def _checked(model, guide, x, idx, plate: str) -> None:
     """Validate the data, then the pair on its first rows, as ``fit`` does before training."""
     unit = getattr(model, "requires_unit_interval", False)
-    validate_data(x, unit_interval=unit, what="evaluation data")
+    missing = getattr(model, "accepts_missing", False)  # NaN = a missing entry
+    validate_data(x, unit_interval=unit, missing=missing, what="evaluation data")
     rows = slice(0, min(PROBE_ROWS, x.shape[0]))
     sub = None if idx is None else idx[rows]
     with aside(x):  # checking draws no numbers from the stream the scoring uses

@@ -158,9 +158,10 @@ def _inputs(data: Dataset | torch.Tensor, model):
         (data.train, data.test, data.dynamic) if isinstance(data, Dataset) else (data, None, False)
     )
     unit = getattr(model, "requires_unit_interval", False)
-    validate_data(train, unit_interval=unit, what="training data")
+    missing = getattr(model, "accepts_missing", False)  # NaN = a missing entry
+    validate_data(train, unit_interval=unit, missing=missing, what="training data")
     if test is not None:
-        validate_data(test, unit_interval=unit, what="test data")
+        validate_data(test, unit_interval=unit, missing=missing, what="test data")
     return train, test, dynamic
 
 
@@ -246,8 +247,9 @@ def fit(
     ModelGuideError
         When the model and guide do not pair up (see :func:`ppvae.checker.check`).
     DataError
-        When the data has NaN/Inf, the wrong rank, or values outside [0, 1] for a
-        Bernoulli-type likelihood.
+        When the data has Inf, NaN (unless the model has ``accepts_missing``; then a row
+        with nothing observed), the wrong rank, or values outside [0, 1] for a Bernoulli-type
+        likelihood.
     """
     device = resolve_device(config.device)
     train, test, dynamic = _inputs(data, model)

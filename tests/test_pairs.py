@@ -20,9 +20,9 @@ from ppvae.models import MODELS
 from ppvae.models.sites import LATENT, OBS
 from ppvae.objectives import OBJECTIVES
 
-EXACT_ONLY_WITH = {"ppca-exact": {"ppca"}}
+EXACT_ONLY_WITH = {"ppca-exact": {"ppca"}, "masked-ppca-exact": {"ppca"}}
 CONV = {"bernoulli", "gaussian", "gaussian-learned", "continuous-bernoulli"}
-GUIDE_CONV = {"diag", "full-cov", "low-rank", "flow"}
+GUIDE_CONV = {"diag", "full-cov", "low-rank", "flow", "masked-diag"}
 OBJECTIVE = {"mixture-prior": "enum"}  # its discrete component is summed out
 
 
