@@ -27,35 +27,37 @@ def decoder_net(arch: ArchConfig, shape: DataShape) -> nn.Module:
 
 def bernoulli(arch: ArchConfig, shape: DataShape) -> VAE:
     """Bernoulli likelihood (cross-entropy): binary or grey-level pixels in [0, 1]."""
-    return VAE(BernoulliDecoder(decoder_net(arch, shape)), arch.z_dim)
+    return VAE(BernoulliDecoder(decoder_net(arch, shape)), arch.z_dim, missing=shape.missing)
 
 
 def gaussian(arch: ArchConfig, shape: DataShape) -> VAE:
     """Gaussian likelihood N(x_hat, I): squared error."""
-    return VAE(GaussianDecoder(decoder_net(arch, shape), sigma=1.0), arch.z_dim)
+    decoder = GaussianDecoder(decoder_net(arch, shape), sigma=1.0)
+    return VAE(decoder, arch.z_dim, missing=shape.missing)
 
 
 def gaussian_learned(arch: ArchConfig, shape: DataShape) -> VAE:
     """Gaussian likelihood with a learned per-pixel sigma."""
     sigma = torch.ones(shape.x_dim)
     decoder = GaussianDecoder(decoder_net(arch, shape), sigma=sigma, learn_sigma=True)
-    return VAE(decoder, arch.z_dim)
+    return VAE(decoder, arch.z_dim, missing=shape.missing)
 
 
 def continuous_bernoulli(arch: ArchConfig, shape: DataShape) -> VAE:
     """Continuous Bernoulli likelihood: a proper density for grey levels in [0, 1]."""
-    return VAE(ContinuousBernoulliDecoder(decoder_net(arch, shape)), arch.z_dim)
+    decoder = ContinuousBernoulliDecoder(decoder_net(arch, shape))
+    return VAE(decoder, arch.z_dim, missing=shape.missing)
 
 
 def mixture_prior(arch: ArchConfig, shape: DataShape) -> MixturePriorVAE:
     """Bernoulli likelihood, Gaussian-mixture prior, its component enumerated (objective enum)."""
     decoder = BernoulliDecoder(decoder_net(arch, shape))
-    return MixturePriorVAE(decoder, arch.z_dim, arch.components)
+    return MixturePriorVAE(decoder, arch.z_dim, arch.components, missing=shape.missing)
 
 
 def ppca(arch: ArchConfig, shape: DataShape) -> PPCA:
     """Linear decoder, Gaussian noise with one learned sigma: PPCA, the linear VAE's model."""
-    return PPCA(shape.x_dim, arch.z_dim)
+    return PPCA(shape.x_dim, arch.z_dim, missing=shape.missing)
 
 
 MODELS: dict[str, Callable[[ArchConfig, DataShape], nn.Module]] = {

@@ -54,8 +54,16 @@ class MixturePriorVAE(VAE):
     (torch.Size([5]), torch.Size([5, 2]))
     """
 
-    def __init__(self, decoder: PyroModule, z_dim: int, components: int, *, name: str = "model"):
-        super().__init__(decoder, z_dim, name=name)
+    def __init__(
+        self,
+        decoder: PyroModule,
+        z_dim: int,
+        components: int,
+        *,
+        missing: bool = False,
+        name: str = "model",
+    ):
+        super().__init__(decoder, z_dim, missing=missing, name=name)
         self.components = components
         self.logits = PyroParam(torch.zeros(components))
         self.locs = PyroParam(torch.randn(components, z_dim))

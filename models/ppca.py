@@ -37,9 +37,17 @@ class PPCA(VAE):
     (torch.Size([5, 2]), torch.Size([5]), torch.Size([]))
     """
 
-    def __init__(self, x_dim: int, z_dim: int, *, sigma: float = 1.0, name: str = "model"):
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        *,
+        sigma: float = 1.0,
+        missing: bool = False,
+        name: str = "model",
+    ):
         decoder = GaussianDecoder(nn.Linear(z_dim, x_dim), sigma=sigma, learn_sigma=True)
-        super().__init__(decoder, z_dim, name=name)
+        super().__init__(decoder, z_dim, missing=missing, name=name)
 
     @property
     def W(self) -> torch.Tensor:

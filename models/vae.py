@@ -61,12 +61,12 @@ class VAE(PyroModule):
     ``Predictive`` samples its prior (and, with a guide and ``poutine.uncondition``, its
     posterior predictive).
 
-    Missing entries (NaN in ``x``) drop out of the likelihood, which becomes
-    p(x_obs | z) = prod_{d observed} p(x_d | z) (see :meth:`observe`), so ``fit`` trains on
-    incomplete data (``accepts_missing``) and the importance-weighted bound (objective ``iwae``)
-    is MIWAE's (Mattei & Frellsen 2019). Pair it with a guide that reads the mask
-    (``GUIDES["masked-diag"]``). With nothing missing the sites and numbers are those of the
-    plain likelihood.
+    Built with ``missing=True``, missing entries (NaN in ``x``) drop out of the likelihood,
+    which becomes p(x_obs | z) = prod_{d observed} p(x_d | z) (see :meth:`observe`), so ``fit``
+    trains on incomplete data (``accepts_missing``) and the importance-weighted bound
+    (objective ``iwae``) is MIWAE's (Mattei & Frellsen 2019). Pair it with a guide that reads
+    the mask (``GUIDES["masked-diag"]``). With nothing missing the sites and numbers are those
+    of the plain likelihood; the mask costs a little at every step, so it is a choice.
 
     Examples
     --------
@@ -80,27 +80,25 @@ class VAE(PyroModule):
     torch.Size([3, 64])
     """
 
-    accepts_missing = True
-    """NaN in ``x`` marks a missing entry, which the likelihood leaves out."""
-
-    def __init__(self, decoder: PyroModule, z_dim: int, *, name: str = "model"):
+    def __init__(
+        self, decoder: PyroModule, z_dim: int, *, missing: bool = False, name: str = "model"
+    ):
         super().__init__(name)
         self.decoder = decoder
         self.z_dim = z_dim
+        # p(z)'s mean, a buffer so it follows the model's device and dtype at no cost per step
+        self.register_buffer("z_loc", torch.zeros(z_dim), persistent=False)
+        self.accepts_missing = missing
+        """NaN in ``x`` marks a missing entry, which the likelihood leaves out."""
 
     @property
     def requires_unit_interval(self) -> bool:
         """Whether the likelihood needs data in [0, 1] (Bernoulli-type decoders)."""
         return getattr(self.decoder, "requires_unit_interval", False)
 
-    def reference(self) -> torch.Tensor:
-        """A tensor on the model's device and dtype (one of its parameters)."""
-        return next(self.parameters())
-
     def prior(self) -> dist.Distribution:
         """p(z) = N(0, I_q), on the model's device and dtype; batch shape comes from the plate."""
-        loc = self.reference().new_zeros(self.z_dim)
-        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+        return dist.Normal(self.z_loc, torch.ones_like(self.z_loc)).to_event(1)
 
     def forward(
         self,
@@ -122,7 +120,7 @@ class VAE(PyroModule):
         ``x=None``, a draw. A decoder whose distribution is not a product over entries
         (:func:`entrywise`) observes ``x`` as it is."""
         likelihood = self.decoder(z)
-        if x is None or not entrywise(likelihood):
+        if x is None or not self.accepts_missing or not entrywise(likelihood):
             return pyro.sample(OBS, likelihood, obs=x)
         filled, mask = observed(x)
         return pyro.sample(OBS, observed_entries(likelihood, mask), obs=filled)

@@ -181,8 +181,12 @@ class DataShape(typing.NamedTuple):
         (C, H, W) for images, None otherwise.
     num_data : int
         N, the number of training examples (per-datapoint guides keep N parameter rows).
+    missing : bool
+        The data has missing entries (NaN): models are built to leave them out of the
+        likelihood.
     """
 
     x_dim: int
     image_shape: tuple[int, ...] | None
     num_data: int
+    missing: bool = False

@@ -32,8 +32,9 @@ IDX_FILES = (
 
 
 NAN_HINT = (
-    "; NaN marks a missing entry only for a model with accepts_missing (ppvae's VAE models) "
-    "and a guide that reads the mask (GUIDES['masked-diag'])"
+    "; NaN marks a missing entry only for a model with accepts_missing (ppvae's VAE models "
+    "built with missing=True, or DataShape(..., missing=True)) and a guide that reads the "
+    "mask (GUIDES['masked-diag'])"
 )
 
 

@@ -116,7 +116,8 @@ def impute(
     >>> from ppvae import ArchConfig, DataShape
     >>> from ppvae.guides import GUIDES
     >>> from ppvae.models import MODELS
-    >>> shape, arch = DataShape(x_dim=4, image_shape=None, num_data=2), ArchConfig(hidden=(8,))
+    >>> shape = DataShape(x_dim=4, image_shape=None, num_data=2, missing=True)
+    >>> arch = ArchConfig(hidden=(8,))
     >>> model = MODELS["gaussian"](arch, shape)
     >>> guide = GUIDES["masked-diag"](arch, shape, model)
     >>> x = torch.tensor([[0.1, float("nan"), 0.3, 0.4], [float("nan"), 0.2, 0.3, 0.4]])

@@ -12,13 +12,16 @@ import contextlib
 import math
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import pyro
+import pyro.ops.jit
 import torch
+from pyro.infer.util import is_validation_enabled
 
 from ppvae import checkpoint as ckpt
 from ppvae.config import ConfigError
@@ -39,6 +42,21 @@ HISTORY_COLUMNS = [
     "beta",
     "seconds",
 ]
+
+
+def _compiled(loss: Callable) -> Callable:
+    """``loss(x, idx, num_data)`` traced once by ``torch.jit.trace`` (``pyro.ops.jit``, which
+    passes the param store's tensors in as inputs), then replayed: random draws stay random."""
+    compiled = pyro.ops.jit.trace(
+        lambda x, idx, num_data=None: loss(x, idx, num_data), ignore_warnings=True
+    )
+
+    def call(x, idx, num_data):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit's deprecation
+            return compiled(x, idx, num_data=num_data)
+
+    return call
 
 
 def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
@@ -84,18 +102,25 @@ class Step:
 
     def __init__(self, model, guide, params: dict[str, torch.Tensor], config, max_plate_nesting):
         self.scale = LatentScale(config.beta)
+        if config.beta != 1.0 or config.kl_warmup_epochs:  # else it never changes a thing
+            model, guide = self.scale(model), self.scale(guide)
         self.loss = OBJECTIVES[config.objective].loss_fn(
-            self.scale(model),
-            self.scale(guide),
+            model,
+            guide,
             num_particles=config.num_particles,
             max_plate_nesting=max_plate_nesting,
             plate=config.plate,
         )
+        if config.jit:
+            self.loss = _compiled(self.loss)
         self.names = sorted(params)
         self.optim = _adam([params[n] for n in self.names], config.lr)
 
     def __call__(self, x: torch.Tensor, idx: torch.Tensor, num_data: int) -> torch.Tensor:
-        with pyro.validation_enabled(False):  # validation checks values on the host
+        if is_validation_enabled():  # validation checks values on the host
+            with pyro.validation_enabled(False):
+                loss = self.loss(x, idx, num_data)
+        else:
             loss = self.loss(x, idx, num_data)
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -236,10 +261,12 @@ class _Loop:
     saved_epoch: int | None = None  # the epoch whose checkpoint is on disk
 
     def run(self) -> bool:
-        """Train the remaining epochs; True when stopped by Ctrl-C."""
-        for epoch in range(self.progress.epoch, self.config.epochs):
-            if self._epoch(epoch) or self.interrupt.requested:
-                return True
+        """Train the remaining epochs; True when stopped by Ctrl-C. Pyro's validation is off
+        (it reads values on the host at every site); the pair was checked before."""
+        with pyro.validation_enabled(False):
+            for epoch in range(self.progress.epoch, self.config.epochs):
+                if self._epoch(epoch) or self.interrupt.requested:
+                    return True
         return False
 
     def _epoch(self, epoch: int) -> bool:

@@ -27,7 +27,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer.trace_elbo import _compute_log_r
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from ppvae.pairs import data_frame
 from ppvae.scoring import analytic_kl, per_row
@@ -50,30 +50,48 @@ def traces(model, guide, args, num_particles: int = 1, nesting: int = 1):
     model, guide = (_vectorized(f, num_particles, nesting) for f in (model, guide))
     guide_trace = poutine.trace(guide).get_trace(*args)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
-    model_trace, guide_trace = (
-        prune_subsample_sites(model_trace),
-        prune_subsample_sites(guide_trace),
-    )
-    model_trace.compute_log_prob()
-    guide_trace.compute_score_parts()
+    model_trace.compute_log_prob(_not_subsample)
+    _score_parts(guide_trace)
     return model_trace, guide_trace
 
 
+def _not_subsample(name, site) -> bool:
+    return not site_is_subsample(site)
+
+
+def _score_parts(trace) -> None:
+    """``Trace.compute_score_parts`` for the sample sites but the plates' subsample sites
+    (which have no score parts), without copying the trace to prune them."""
+    for site in _samples(trace):
+        parts = site["fn"].score_parts(site["value"], *site["args"], **site["kwargs"])
+        site["unscaled_log_prob"] = parts.log_prob
+        parts = parts.scale_and_mask(site["scale"], site["mask"])
+        site["score_parts"], site["log_prob"] = parts, parts.log_prob
+        site["log_prob_sum"] = parts.log_prob.sum()
+
+
 def _samples(trace):
-    return [s for s in trace.nodes.values() if s["type"] == "sample"]
+    """The sample sites of a trace, without the plates' subsample sites (never copied)."""
+    return [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
 
 
 def trace_terms(model_trace, guide_trace, plate: str):
-    """(ELBO, surrogate ELBO) summed over the traces, as in Pyro's ``Trace_ELBO``."""
+    """(ELBO, surrogate ELBO) summed over the traces, as in Pyro's ``Trace_ELBO``; the two are
+    one tensor when every guide site is reparameterized."""
     model_sum = sum(s["log_prob_sum"] for s in _samples(model_trace))
-    elbo, surrogate, log_r = model_sum, model_sum, None
-    for site in _samples(guide_trace):
+    guide_sites = _samples(guide_trace)
+    elbo = model_sum - sum(s["log_prob_sum"] for s in guide_sites)
+    if all(not torch.is_tensor(s["score_parts"].score_function) for s in guide_sites):
+        return elbo, elbo
+    surrogate, log_r = model_sum, None
+    for site in guide_sites:
         _, score, entropy = site["score_parts"]
-        elbo = elbo - site["log_prob_sum"]
         if torch.is_tensor(entropy):
             surrogate = surrogate - entropy.sum()
         if torch.is_tensor(score):
-            log_r = _compute_log_r(model_trace, guide_trace) if log_r is None else log_r
+            if log_r is None:  # Pyro's, on copies without the plates' subsample sites
+                pruned = (prune_subsample_sites(t) for t in (model_trace, guide_trace))
+                log_r = _compute_log_r(*pruned)
             cost = log_r.sum_to(site["cond_indep_stack"])
             surrogate = surrogate + (cost * score).sum()
     return elbo, surrogate
@@ -84,7 +102,7 @@ def mean_field_terms(model_trace, guide_trace, plate: str):
     ``TraceMeanField_ELBO`` (which needs a reparameterized guide)."""
     elbo = 0.0
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample":
+        if site["type"] != "sample" or site_is_subsample(site):
             continue
         if site["is_observed"]:
             elbo = elbo + site["log_prob_sum"]
@@ -123,6 +141,8 @@ def iwae_terms(model_trace, guide_trace, plate: str, num_particles: int, nesting
 
 def loss_from(elbo, surrogate) -> torch.Tensor:
     """A tensor with the value of -ELBO and the gradient of -surrogate."""
+    if surrogate is elbo:
+        return -elbo
     return -surrogate + (surrogate - elbo).detach()
 
 

@@ -36,7 +36,7 @@ def ppca() -> tuple[PPCA, PPCAParams]:
     W = torch.randn(D, Q, generator=g, dtype=F64)
     mu = torch.randn(D, generator=g, dtype=F64)
     sigma2 = torch.tensor(0.3, dtype=F64)
-    return PPCA(D, Q).double().set_params(W, mu, sigma2), PPCAParams(W, mu, sigma2)
+    return PPCA(D, Q, missing=True).double().set_params(W, mu, sigma2), PPCAParams(W, mu, sigma2)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,9 @@ def test_the_weighted_mean_converges_to_the_exact_conditional_within_its_stderr(
 
 def test_the_exact_guide_gives_uniform_weights(ppca, rows):
     model, params = ppca
-    guide = GUIDES["masked-ppca-exact"](ArchConfig(z_dim=Q), DataShape(D, None, 20), model)
+    guide = GUIDES["masked-ppca-exact"](
+        ArchConfig(z_dim=Q), DataShape(D, None, 20, missing=True), model
+    )
     result = impute(model, guide, rows, num_samples=500, generator=seeded(0))
     torch.testing.assert_close(result.ess, torch.full((20,), 500.0, dtype=F64))
     z = ((result.mean - exact_impute(rows, params)) / result.stderr)[rows.isnan()]
@@ -150,7 +152,7 @@ def test_blocks_and_chunks_of_rows_give_the_same_answer_within_its_stderr(ppca, 
 @pytest.fixture(scope="module")
 def digits_pair():
     data = load_dataset("digits", binarize="static")
-    arch, shape = ArchConfig(z_dim=2, hidden=(16,)), DataShape(64, (1, 8, 8), 100)
+    arch, shape = ArchConfig(z_dim=2, hidden=(16,)), DataShape(64, (1, 8, 8), 100, missing=True)
     torch.manual_seed(0)
     model = MODELS["bernoulli"](arch, shape)
     x = with_missing(data.test[:10], mcar_mask((10, 64), 0.3, seeded(0)))
@@ -190,7 +192,9 @@ def test_a_fitted_ppca_imputes_exactly_with_the_same_call(rows):
     assert torch.isinf(result.ess).all() and (result.stderr == 0).all()
     assert impute(fitted, None, rows).samples.shape == (0, 20, D)
     with pytest.raises(ConfigError, match="pass guide=None"):
-        impute(fitted, GUIDES["masked-diag"](ArchConfig(), DataShape(D, None, 20)), rows)
+        impute(
+            fitted, GUIDES["masked-diag"](ArchConfig(), DataShape(D, None, 20, missing=True)), rows
+        )
 
 
 @pytest.mark.parametrize(

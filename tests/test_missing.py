@@ -126,7 +126,7 @@ def ppca() -> tuple[PPCA, PPCAParams]:
     W = torch.randn(D, Q, generator=g, dtype=torch.float64)
     mu = torch.randn(D, generator=g, dtype=torch.float64)
     sigma2 = torch.tensor(0.3, dtype=torch.float64)
-    return PPCA(D, Q).double().set_params(W, mu, sigma2), PPCAParams(W, mu, sigma2)
+    return PPCA(D, Q, missing=True).double().set_params(W, mu, sigma2), PPCAParams(W, mu, sigma2)
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_with_nothing_missing_the_masked_objective_is_the_plain_one_exactly(
 ):
     """Value and gradient of the masked pair's loss equal those of the unmasked model, bit for
     bit, on the same draws: the plain ELBO for K = 1 and the IWAE bound for K = 5."""
-    arch, shape = ArchConfig(z_dim=Q, hidden=(16,)), DataShape(64, None, N)
+    arch, shape = ArchConfig(z_dim=Q, hidden=(16,)), DataShape(64, None, N, missing=True)
     torch.manual_seed(0)
     model = MODELS[likelihood](arch, shape)
     guide = GUIDES["masked-diag"](arch, shape, model)
@@ -186,7 +186,9 @@ def test_with_nothing_missing_the_masked_objective_is_the_plain_one_exactly(
 
 def test_iwae_with_one_particle_is_the_masked_elbo(ppca, incomplete):
     model, _ = ppca
-    guide = GUIDES["masked-diag"](ArchConfig(z_dim=Q, hidden=(8,)), DataShape(D, None, N)).double()
+    guide = GUIDES["masked-diag"](
+        ArchConfig(z_dim=Q, hidden=(8,)), DataShape(D, None, N, missing=True)
+    ).double()
     idx = torch.arange(B)
     args = (incomplete[idx], idx, N)
     values = []
@@ -201,7 +203,9 @@ def test_with_the_exact_guide_every_bound_is_the_observed_data_log_likelihood(pp
     and MIWAE, scaled to the data set), the per-example ELBO and the importance-sampled log p(x)
     all equal the baselines' exact observed-data log-likelihood."""
     model, params = ppca
-    guide = GUIDES["masked-ppca-exact"](ArchConfig(z_dim=Q), DataShape(D, None, N), model)
+    guide = GUIDES["masked-ppca-exact"](
+        ArchConfig(z_dim=Q), DataShape(D, None, N, missing=True), model
+    )
     exact = observed_log_prob(incomplete, params)
     idx = torch.arange(B)
     args = (incomplete[idx], idx, N)
@@ -222,7 +226,9 @@ def test_with_the_exact_guide_every_bound_is_the_observed_data_log_likelihood(pp
 def test_with_nothing_missing_the_observed_data_guide_is_the_exact_posterior(ppca, incomplete):
     model, params = ppca
     complete = incomplete.nan_to_num(0.0)
-    guide = GUIDES["masked-ppca-exact"](ArchConfig(z_dim=Q), DataShape(D, None, N), model)
+    guide = GUIDES["masked-ppca-exact"](
+        ArchConfig(z_dim=Q), DataShape(D, None, N, missing=True), model
+    )
     ll = log_likelihood(model, guide, complete, num_samples=3)
     torch.testing.assert_close(ll.log_px, ppca_log_prob(complete, *params), rtol=0, atol=1e-10)
 
@@ -235,7 +241,10 @@ def test_with_nothing_missing_the_observed_data_guide_is_the_exact_posterior(ppc
     [("bernoulli", "iwae"), ("gaussian-learned", "trace"), ("mixture-prior", "enum")],
 )
 def test_check_passes_for_a_masked_catalogue_pair_on_a_batch_with_nan(likelihood, objective):
-    arch, shape = ArchConfig(z_dim=Q, hidden=(8,), components=3), DataShape(64, None, N)
+    arch, shape = (
+        ArchConfig(z_dim=Q, hidden=(8,), components=3),
+        DataShape(64, None, N, missing=True),
+    )
     model = MODELS[likelihood](arch, shape)
     x = with_missing(torch.rand(N, 64), mcar_mask((N, 64), 0.5, seeded(0)))
     check(model, GUIDES["masked-diag"](arch, shape, model), x, objective=objective)
@@ -250,7 +259,7 @@ def test_check_passes_for_a_masked_catalogue_pair_on_a_batch_with_nan(likelihood
 def test_a_masked_training_step_never_reads_a_tensor_on_the_host(
     model_name, guide_name, objective, monkeypatch
 ):
-    arch, shape = ArchConfig(z_dim=Q, hidden=(16,)), DataShape(64, None, 200)
+    arch, shape = ArchConfig(z_dim=Q, hidden=(16,)), DataShape(64, None, 200, missing=True)
     model = MODELS[model_name](arch, shape)
     guide = GUIDES[guide_name](arch, shape, model)
     x = with_missing(torch.rand(200, 64).round(), mcar_mask((200, 64), 0.3, seeded(0)))
@@ -265,7 +274,7 @@ def test_a_masked_training_step_never_reads_a_tensor_on_the_host(
 
 @cuda
 def test_a_masked_training_step_on_cuda_does_not_synchronize():
-    arch, shape = ArchConfig(z_dim=Q, hidden=(16,)), DataShape(64, None, 200)
+    arch, shape = ArchConfig(z_dim=Q, hidden=(16,)), DataShape(64, None, 200, missing=True)
     model = MODELS["bernoulli"](arch, shape)
     guide = GUIDES["masked-diag"](arch, shape, model)
     x = with_missing(torch.rand(200, 64).round(), mcar_mask((200, 64), 0.3, seeded(0))).cuda()
@@ -295,7 +304,7 @@ def test_fit_on_digits_with_a_quarter_missing_learns_more_than_the_pixel_margina
     (-18.46 nats here), so the latent code is used, from about -33 untrained."""
     data = mcar_dataset(load_dataset("digits", binarize="static"), 0.25, seed=0)
     arch = ArchConfig(z_dim=4, hidden=(64,))
-    shape = DataShape(64, data.image_shape, data.train.shape[0])
+    shape = DataShape(64, data.image_shape, data.train.shape[0], missing=True)
     torch.manual_seed(0)
     model = MODELS["bernoulli"](arch, shape)
     guide = GUIDES["masked-diag"](arch, shape, model)

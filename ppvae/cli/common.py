@@ -85,6 +85,11 @@ def add_fit_args(p: argparse.ArgumentParser) -> None:
         default=f.num_particles,
         help="samples of z per example per step; K for iwae",
     )
+    g.add_argument(
+        "--jit",
+        action="store_true",
+        help="compile the training loss (torch.jit.trace): faster steps, same estimator",
+    )
     g.add_argument("--beta", type=float, default=f.beta, help="weight of the KL term (beta-VAE)")
     g.add_argument(
         "--kl-warmup-epochs",
@@ -115,6 +120,7 @@ def fit_config(args) -> FitConfig:
         lr=args.lr,
         objective=args.objective,
         num_particles=args.num_particles,
+        jit=args.jit,
         beta=args.beta,
         kl_warmup_epochs=args.kl_warmup_epochs,
         seed=args.seed,
