@@ -46,6 +46,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ppvae.baselines import EMPPCA, PPCA, MixturePPCA, ppca_log_prob
+from ppvae.compare_missing import METHODS as MISSING_METHODS
+from ppvae.compare_missing import compare_missing
 from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig, atomic_write_text
 from ppvae.data import DATASETS, dequantize, load_dataset
 from ppvae.errors import PPVAEError, first_line
@@ -89,6 +91,15 @@ class CompareConfig(JsonConfig):
         Seeds the subsets, the dequantization noise, every initialisation and SVI.
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    missing_rate : float
+        Share of entries missing completely at random in train and test (0: none). Above 0,
+        the table is :mod:`ppvae.compare_missing`'s: observed-data log-likelihood and
+        imputation error of PPCA-EM, the mixture, a MIWAE-trained VAE and mean imputation.
+    num_particles : int
+        K of the VAE's MIWAE bound when entries are missing.
+    methods : tuple of str
+        The rows to fit (keys of :data:`METHODS`, or of ``compare_missing.METHODS`` when
+        entries are missing); empty: all.
 
     Examples
     --------
@@ -112,9 +123,20 @@ class CompareConfig(JsonConfig):
     test_size: int | None = None
     seed: int = 0
     device: str = "auto"
+    missing_rate: float = 0.0
+    num_particles: int = 5
+    methods: tuple[str, ...] = ()
 
     def __post_init__(self):
         self.check_types()
+        if not 0 <= self.missing_rate < 1:
+            raise ConfigError(f"missing_rate must be in [0, 1), got {self.missing_rate}")
+        _at_least(self, "num_particles", 1)
+        known = MISSING_METHODS if self.missing_rate else METHODS
+        unknown = [m for m in self.methods if m not in known]
+        if unknown:
+            choices = ", ".join(known)
+            raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from: {choices}")
         if self.dataset not in DATASETS:
             choices = ", ".join(DATASETS)
             raise ConfigError(f"unknown dataset '{self.dataset}'; choose one of: {choices}")
@@ -290,7 +312,9 @@ METHODS: dict[str, Callable[[Split, CompareConfig], Row]] = {
 def compare(
     config: CompareConfig, *, split: Split | None = None, progress: bool | None = None
 ) -> pd.DataFrame:
-    """Fit every method of :data:`METHODS` on one dataset and score it on the test split.
+    """Fit the methods of :data:`METHODS` (``config.methods``, all by default) on one dataset
+    and score them on the test split; with ``config.missing_rate`` > 0, those of
+    :mod:`ppvae.compare_missing` on the masked split instead.
 
     Parameters
     ----------
@@ -304,13 +328,23 @@ def compare(
     -------
     DataFrame
         One row per method, columns :data:`COLUMNS`: ``log_px``, ``log_px_stderr`` and
-        ``elbo`` in nats per test example, ``bits_per_dim`` from ``log_px``, ``fit_seconds``.
+        ``elbo`` in nats per test example, ``bits_per_dim`` from ``log_px``, ``fit_seconds``
+        (with missing entries, ``compare_missing.COLUMNS``: ``imputation_rmse`` for ``elbo``
+        and ``bits_per_dim``).
     """
     split = prepare(config) if split is None else split
     shown = sys.stderr.isatty() if progress is None else progress
+
+    def bar(items):
+        for name, method in (progress_bar := tqdm(items, disable=not shown, unit="method")):
+            progress_bar.set_postfix_str(name)
+            yield name, method
+
+    if config.missing_rate > 0:
+        return compare_missing(config, split, _score, bar)
+    chosen = {k: m for k, m in METHODS.items() if not config.methods or k in config.methods}
     rows = []
-    for name, method in (bar := tqdm(METHODS.items(), disable=not shown, unit="method")):
-        bar.set_postfix_str(name)
+    for name, method in bar(chosen.items()):
         row = _score(name, method, split, config)
         bpd = bits_per_dim(row.log_px, split.train.shape[1], split.levels)
         rows.append({"method": name, **row._asdict(), "bits_per_dim": bpd})
@@ -329,13 +363,21 @@ def _score(name: str, method: Callable, split: Split, config: CompareConfig) -> 
 def caption(config: CompareConfig, split: Split) -> str:
     """One line stating the data, the dequantization and the settings behind a table."""
     dequant = f"uniformly dequantized ({split.levels} levels)" if split.levels else "continuous"
+    missing = (
+        f", {config.missing_rate:.0%} of entries missing completely at random (train and "
+        f"test), VAE on the MIWAE bound with K={config.num_particles}"
+        if config.missing_rate
+        else ""
+    )
     return (
-        f"{config.dataset}, {dequant}, train/test {len(split.train)}/{len(split.test)} rows; "
+        f"{config.dataset}, {dequant}{missing}, "
+        f"train/test {len(split.train)}/{len(split.test)} rows; "
         f"z_dim={config.z_dim}, mixture K={config.components}, VAE hidden={list(config.hidden)}, "
         f"SVI {config.epochs} epochs (batch {config.batch_size}, lr {config.lr}), "
         f"EM tol {config.em_tol} (at most {config.em_max_iter} iterations), "
         f"IS K={config.eval_samples}, seed {config.seed}. "
-        f"log p(x) and ELBO in nats per test example; fit_seconds on {split.train.device.type}."
+        f"log p(x{'_obs' if config.missing_rate else ''}) and ELBO in nats per test example; "
+        f"fit_seconds on {split.train.device.type}."
     )
 
 
@@ -343,8 +385,9 @@ def to_markdown(frame: pd.DataFrame, title: str) -> str:
     """The table as markdown under a caption, with a legend from the methods' docstrings."""
     shown = frame.astype(object).where(frame.notna(), None)  # tabulate prints None as n/a
     table = shown.to_markdown(index=False, floatfmt=".3f", missingval="n/a")
+    methods = MISSING_METHODS if "imputation_rmse" in frame else METHODS
     legend = "\n".join(
-        f"- `{k}`: {(f.__doc__ or '').strip().splitlines()[0]}" for k, f in METHODS.items()
+        f"- `{k}`: {(f.__doc__ or '').strip().splitlines()[0]}" for k, f in methods.items()
     )
     return f"{title}\n\n{table}\n\n{legend}\n"
 

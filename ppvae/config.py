@@ -49,6 +49,17 @@ class JsonConfig:
                     f"got {getattr(self, f.name)!r}"
                 )
 
+    def leaves(self) -> dict[str, Any]:
+        """Every field by dotted name (``{"fit.lr": 0.003, ...}``), lists as tuples.
+
+        Examples
+        --------
+        >>> from ppvae.run import RunConfig
+        >>> RunConfig().leaves()["arch.hidden"]
+        (400,)
+        """
+        return _leaves(self.to_dict())
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
@@ -79,6 +90,16 @@ class JsonConfig:
             return cls.from_json(Path(path).read_text())
         except (OSError, json.JSONDecodeError, TypeError) as err:
             raise ConfigError(f"cannot read {cls.__name__} from {path}: {err}") from None
+
+
+def _leaves(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _leaves(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = tuple(value) if isinstance(value, list | tuple) else value
+    return flat
 
 
 def _type_problem(hint: Any, value: Any) -> str:

@@ -30,7 +30,7 @@ from ppvae.baselines import impute as exact_impute
 from ppvae.baselines import impute_samples as exact_impute_samples
 from ppvae.config import ConfigError
 from ppvae.missing import validate_missing
-from ppvae.pairs import DEFAULT_PLATE, aside, data_frame
+from ppvae.pairs import DEFAULT_PLATE, aside, observed_site
 from ppvae.scoring import ScoredPair, scored_pair
 
 MAX_ROWS = 1 << 15
@@ -261,10 +261,12 @@ def _draw(pair: ScoredPair, x: Tensor, chosen: dict[str, Tensor], m: int) -> Ten
 
 
 def _data_site(trace, pair: ScoredPair):
-    for name in pair.structure.observed:
-        if data_frame(trace.nodes[name], pair.plate) is not None:
-            return trace.nodes[name]
-    raise ValueError("the model has no observed site inside the plate over examples")
+    """The model's data site (latents conditioned to a draw are observed too: skip them)."""
+    conditioned = set(trace.nodes) - set(pair.structure.observed)
+    site = observed_site(trace, pair.plate, skip=conditioned)
+    if site is None:
+        raise ValueError("the model has no observed site inside the plate over examples")
+    return site
 
 
 __all__ = ["Imputation", "impute"]

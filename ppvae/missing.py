@@ -150,11 +150,18 @@ def validate_missing(
     return x
 
 
-def mcar_dataset(data: Dataset, rate: float, *, seed: int = 0) -> Dataset:
-    """``data`` with entries of train and test missing completely at random (:func:`mcar_mask`).
+def mcar_split(train: Tensor, test: Tensor, rate: float, seed: int = 0):
+    """``train`` and ``test`` with entries missing completely at random (:func:`mcar_mask`):
+    the train mask drawn first, then the test mask, from one generator seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(
+        with_missing(x, mcar_mask(x.shape, rate, generator).to(x.device)) for x in (train, test)
+    )
 
-    The train mask is drawn first, then the test mask, from a generator seeded with ``seed``.
-    The complete data stay in ``data`` (to score imputations against).
+
+def mcar_dataset(data: Dataset, rate: float, *, seed: int = 0) -> Dataset:
+    """A copy of ``data`` with entries of train and test missing completely at random
+    (:func:`mcar_split`); keep ``data`` itself to score imputations against.
 
     Examples
     --------
@@ -163,9 +170,5 @@ def mcar_dataset(data: Dataset, rate: float, *, seed: int = 0) -> Dataset:
     >>> round(masked.train.isnan().float().mean().item(), 2)
     0.25
     """
-    generator = torch.Generator().manual_seed(seed)
-    train, test = (
-        with_missing(x, mcar_mask(x.shape, rate, generator).to(x.device))
-        for x in (data.train, data.test)
-    )
+    train, test = mcar_split(data.train, data.test, rate, seed)
     return data._replace(train=train, test=test)

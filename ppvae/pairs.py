@@ -154,6 +154,16 @@ def sample_sites(trace) -> dict[str, dict[str, Any]]:
     }
 
 
+def observed_site(trace, plate: str = DEFAULT_PLATE, skip=()) -> dict[str, Any] | None:
+    """The first observed sample site inside the plate over examples (the data), or None.
+
+    ``skip`` names sites to pass over (those a ``poutine.condition`` made observed)."""
+    for name, site in sample_sites(trace).items():
+        if name not in skip and site["is_observed"] and data_frame(site, plate) is not None:
+            return site
+    return None
+
+
 def plate_nesting(*traces) -> int:
     """The largest number of vectorized plate dimensions any site of ``traces`` sits in."""
     dims = [

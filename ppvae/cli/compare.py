@@ -12,6 +12,8 @@ def run(args, given: set[str]) -> int:
         batch_size=args.batch_size, lr=args.lr, em_tol=args.em_tol, em_max_iter=args.em_max_iter,
         eval_samples=args.eval_samples, elbo_samples=args.elbo_samples,
         train_size=args.train_size, test_size=args.test_size, seed=args.seed, device=args.device,
+        missing_rate=args.missing_rate, num_particles=args.num_particles,
+        methods=tuple(args.methods or ()),
     )  # fmt: skip
     check_output_dir(args.out)
     split = prepare(config)
@@ -50,6 +52,17 @@ def add(sub) -> None:
     p.add_argument("--elbo-samples", type=int, default=c.elbo_samples)
     p.add_argument("--train-size", type=int, help="score a random subset of the training rows")
     p.add_argument("--test-size", type=int, help="score a random subset of the test rows")
+    p.add_argument(
+        "--missing-rate",
+        type=float,
+        default=c.missing_rate,
+        help="share of entries missing at random: score observed-data log p(x) and imputation "
+        "of PPCA-EM, mixture of PPCA, a MIWAE VAE and mean imputation (default: 0, none)",
+    )
+    p.add_argument(
+        "--num-particles", type=int, default=c.num_particles, help="K of the VAE's MIWAE bound"
+    )
+    p.add_argument("--methods", nargs="+", help="fit only these rows (default: every method)")
     p.add_argument("--seed", type=int, default=c.seed)
     p.add_argument("--device", default=c.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", default="runs/compare", help="output folder (%(default)s)")
