@@ -24,7 +24,7 @@ from pyro.infer import TraceEnum_ELBO, TraceMeanField_ELBO
 from torch.distributions import transform_to
 
 from ppvae.evaluate import elbo_terms
-from ppvae.pairs import DEFAULT_PLATE, batched, data_frame, sample_sites
+from ppvae.pairs import DEFAULT_PLATE, aside, batched, data_frame, sample_sites
 from ppvae.scoring import scored_pair
 
 PARAMETERS = {
@@ -150,8 +150,7 @@ class Refinement(NamedTuple):
 
 def _crn_elbo(model, guide: FreeGuide, x, num_samples: int, seed: int) -> torch.Tensor:
     """Per-example ELBO with the random numbers fixed by ``seed`` (common random numbers)."""
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with aside(x):  # the draws are this seed's, and the stream after is as it was
         torch.manual_seed(seed)
         idx = torch.arange(x.shape[0], device=x.device)
         return elbo_terms(

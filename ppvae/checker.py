@@ -14,7 +14,7 @@ import pyro
 import torch
 from pyro import poutine
 
-from ppvae.errors import ModelGuideError  # its historical home: importable from here too
+from ppvae.errors import ModelGuideError, first_line  # ModelGuideError: also importable here
 from ppvae.objectives import OBJECTIVES
 from ppvae.pairs import (
     DEFAULT_PLATE,
@@ -26,23 +26,21 @@ from ppvae.pairs import (
 from ppvae.parameter_checks import param_problems
 
 
-def _first_line(err: BaseException) -> str:
-    # Pyro appends a multi-line dump of trace shapes; the first line says what went wrong
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
-def _hint(message: str, x: torch.Tensor) -> str:
-    """What commonly lies behind a failure's message, in a few words."""
+def _hint(message: str, x: torch.Tensor, who: str) -> str:
+    """What commonly lies behind a failure's message, in a few words (the first that fits)."""
     if "dtype" in message or "scalar type" in message:
         return (
             f" (the data is {x.dtype}: convert it to the dtype of the pair's parameters; fit "
             "converts a pair to its training data's dtype)"
         )
-    if ("shape" in message or "size" in message) and len(pyro.get_param_store()):
+    shapes = ("cannot be multiplied", "size mismatch", "must match the size", "Shape mismatch")
+    if any(s in message for s in shapes) and len(pyro.get_param_store()):
         return (
             " (the param store holds values from earlier runs: if they belong to another "
             "model, call pyro.clear_param_store() first)"
         )
+    if who == "guide" and x.is_floating_point() and bool(x.isnan().any()):
+        return MISSING_HINT
     return ""
 
 
@@ -50,11 +48,9 @@ def _run(fn, who: str, args):
     try:
         return poutine.trace(fn).get_trace(*args), None
     except Exception as err:  # any failure of user code becomes a readable problem
-        line, x = _first_line(err), args[0]
-        return (
-            None,
-            f"the {who} failed on a batch of shape {tuple(x.shape)}: {line}{_hint(line, x)}",
-        )
+        line, x = first_line(err), args[0]
+        hint = _hint(line, x, who)
+        return None, f"the {who} failed on a batch of shape {tuple(x.shape)}: {line}{hint}"
 
 
 def _is_discrete(site) -> bool:
@@ -205,7 +201,7 @@ def _likelihood_problems(model_sites) -> list[str]:
             fn = type(getattr(site["fn"], "base_dist", site["fn"])).__name__
             problems.append(
                 f"the model cannot score the data at its observed site '{name}' ({fn}): "
-                f"{_first_line(err)}. For grey levels in [0, 1] binarize the data "
+                f"{first_line(err)}. For grey levels in [0, 1] binarize the data "
                 "(--binarize static or dynamic), or choose a likelihood whose support holds "
                 "them (ContinuousBernoulli, a Gaussian)"
             )
@@ -269,8 +265,6 @@ def problems(
     claim_parameters(*calls, x, idx)
     guide_trace, guide_error = _run(calls[1], "guide", args)
     model_trace, model_error = _run(calls[0], "model", args)
-    if guide_error and bool(x.isnan().any()):
-        guide_error += MISSING_HINT
     if guide_error or model_error:
         return [e for e in (guide_error, model_error) if e]
     model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)

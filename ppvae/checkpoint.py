@@ -9,6 +9,7 @@ cannot run code when loaded. Parameter constraints are stored by name.
 
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +100,15 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         objects other than tensors and plain values (which could run code when unpickled).
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on foreign pickles: our line says it
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    except Exception as err:  # truncated, garbage, or a pickle with code in it
+    except Exception:  # truncated, garbage, or a pickle with code in it
         raise CheckpointError(
             f"cannot read the checkpoint {path}: it is empty, damaged, or not a ppvae "
-            f"checkpoint (refused to unpickle anything but tensors: {first_line(err)[:120]})"
+            "checkpoint (refused to unpickle anything but tensors and plain values)"
         ) from None
     if not isinstance(state, dict) or state.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a ppvae checkpoint (format {FORMAT_VERSION})")

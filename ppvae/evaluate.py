@@ -12,6 +12,11 @@ are conditional on them: log p(x) is the posterior-predictive estimate
 ``log E_{q(theta)} E_{q(z | x, theta)} [p(x, z | theta) / q(z | x, theta)]``, each importance
 sample with its own draw of theta. Work is vectorized over samples and examples by repeating rows
 (one trace per sample when there are global latents), and chunked so memory stays bounded.
+
+Under ``torch.distributed`` (``torchrun``), inside ``fit`` and ``ppvae train``
+(:func:`ppvae.distributed.scoring_together`), :func:`elbo_terms` and :func:`log_likelihood` score
+each rank's share of the rows and gather the results, so every rank gets the whole answer (and
+every rank calls them). Called on their own they score every row locally.
 """
 
 import math
@@ -24,9 +29,10 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
+from ppvae import distributed
 from ppvae.checker import check
 from ppvae.data import validate_data
-from ppvae.pairs import DEFAULT_PLATE, aside, batched, data_frame, sample_sites
+from ppvae.pairs import DEFAULT_PLATE, aside, batched, data_frame, observed_site, sample_sites
 from ppvae.scoring import PROBE_ROWS, ScoredPair, draws, scored_pair
 
 MAX_ROWS = 1 << 15
@@ -137,13 +143,27 @@ def elbo_terms(
     """
     _checked(model, guide, x, idx, plate)
     pair = scored_pair(model, guide, x, idx, plate)
+    n, (x, idx) = x.shape[0], _shard(x, idx)
     parts = []
     for rows in _row_chunks(x.shape[0], num_samples, _chunk_rows(pair, x, idx)):
         sub = None if idx is None else idx[rows]
         rec, kl = draws(pair, x[rows], sub, num_samples, lambda m, g: pair.terms(m, g, analytic))
         parts.append((rec.mean(0), kl.mean(0)))
-    rec, kl = (torch.cat(t) for t in zip(*parts, strict=True))
+    columns = zip(*parts, strict=True) if parts else ((), ())
+    rec, kl = (distributed.gather_rows(_cat(t, x), n) for t in columns)
     return ElboTerms(rec - kl, rec, kl)
+
+
+def _cat(tensors, like: torch.Tensor) -> torch.Tensor:
+    """Concatenated chunks; an empty shard (fewer rows than ranks) gives an empty tensor."""
+    return torch.cat(tensors) if tensors else like.new_zeros(0)
+
+
+def _shard(x: torch.Tensor, idx):
+    """This rank's rows of ``x`` (and ``idx``) when scoring together across ranks
+    (:func:`ppvae.distributed.scoring_together`); all the rows otherwise."""
+    rows = distributed.shard_rows(x.shape[0])
+    return x[rows], None if idx is None else idx[rows]
 
 
 def _streamed_log_moments(pair: ScoredPair, x, idx, num_samples: int, max_rows: int):
@@ -189,6 +209,7 @@ def log_likelihood(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     _checked(model, guide, x, idx, plate)
     pair = scored_pair(model, guide, x, idx, plate)
+    n, (x, idx) = x.shape[0], _shard(x, idx)
     log_px, stderr = [], []
     log_k = math.log(num_samples)
     max_rows = _chunk_rows(pair, x, idx)
@@ -200,7 +221,8 @@ def log_likelihood(
         rel_var = (lse2 - 2 * lse1 + log_k).exp() - 1  # Var[w] / mean(w)^2
         log_px.append(lse1 - log_k)
         stderr.append((rel_var.clamp(min=0) / num_samples).sqrt())
-    return LogLikelihood(torch.cat(log_px), torch.cat(stderr), num_samples)
+    log_px, stderr = (distributed.gather_rows(_cat(t, x), n) for t in (log_px, stderr))
+    return LogLikelihood(log_px, stderr, num_samples)
 
 
 def _local_guide_sites(guide, x: torch.Tensor, plate: str):
@@ -300,12 +322,10 @@ def evaluate(
 
 
 def _observed_mean(trace, plate: str, conditioned=()) -> torch.Tensor:
-    for name, site in trace.nodes.items():
-        if name in conditioned or site["type"] != "sample" or not site["is_observed"]:
-            continue
-        if data_frame(site, plate):
-            return site["fn"].mean
-    raise ValueError("the model has no observed site inside the plate over examples")
+    site = observed_site(trace, plate, skip=conditioned)
+    if site is None:
+        raise ValueError("the model has no observed site inside the plate over examples")
+    return site["fn"].mean
 
 
 @torch.no_grad()

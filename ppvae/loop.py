@@ -23,10 +23,10 @@ import pyro.ops.jit
 import torch
 from pyro.infer.util import is_validation_enabled
 
-from ppvae import checkpoint as ckpt
+from ppvae import distributed
 from ppvae.config import ConfigError
 from ppvae.data import binarize_sample
-from ppvae.errors import TrainingError  # its historical home: importable from here too
+from ppvae.errors import TrainingError, first_line  # TrainingError: also importable here
 from ppvae.evaluate import elbo_terms
 from ppvae.objectives import OBJECTIVES, LatentScale
 
@@ -114,7 +114,8 @@ class Step:
         if config.jit:
             self.loss = _compiled(self.loss)
         self.names = sorted(params)
-        self.optim = _adam([params[n] for n in self.names], config.lr)
+        self.params = [params[n] for n in self.names]
+        self.optim = _adam(self.params, config.lr)
 
     def __call__(self, x: torch.Tensor, idx: torch.Tensor, num_data: int) -> torch.Tensor:
         if is_validation_enabled():  # validation checks values on the host
@@ -124,6 +125,7 @@ class Step:
             loss = self.loss(x, idx, num_data)
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.params)  # a no-op on one process
         self.optim.step()
         return loss.detach()
 
@@ -195,40 +197,9 @@ def kl_weight(config, epoch: int, step: int, steps: int) -> float:
     return config.beta * min(1.0, done)
 
 
-def state(progress: _Progress, model, guide, step: Step, config) -> dict[str, Any]:
-    """Everything a checkpoint holds."""
-    return {
-        "progress": vars(progress),
-        "config": config.to_dict(),
-        "model": model.state_dict() if isinstance(model, torch.nn.Module) else None,
-        "guide": guide.state_dict() if isinstance(guide, torch.nn.Module) else None,
-        "params": ckpt.store_state(),
-        "optim": step.state_dict(),
-        "rng": ckpt.rng_state(),
-    }
-
-
-def check_compatible(saved: dict[str, Any], config, path) -> None:
-    """Raise ConfigError unless ``config`` matches the saved one in everything but epochs."""
-    current = config.to_dict()
-    differ = sorted(k for k, v in saved.items() if k != "epochs" and current.get(k) != v)
-    if differ:
-        raise ConfigError(f"{path} was written with different settings: {', '.join(differ)}")
-
-
-def restore(path, model, guide, step: Step, config, like: torch.Tensor) -> _Progress:
-    """Put a checkpoint back: module buffers by ``load_state_dict``, every parameter by copying
-    into the tensor the param store already holds (so the networks registered with
-    ``pyro.module`` or as ``PyroModule`` train the restored values), on ``like``'s device."""
-    saved = ckpt.load(path)
-    check_compatible(saved["config"], config, path)
-    for obj, key in ((model, "model"), (guide, "guide")):
-        if isinstance(obj, torch.nn.Module) and saved.get(key) is not None:
-            obj.load_state_dict(saved[key])
-    ckpt.restore_params(saved["params"], like)
-    step.load_state_dict(saved["optim"])
-    ckpt.set_rng_state(saved["rng"])
-    return _Progress(**saved["progress"])
+def _mean_across_ranks(losses: torch.Tensor) -> torch.Tensor:
+    """Each step's loss averaged over the ranks (their per-rank losses on one process)."""
+    return distributed.sum_across(losses) / distributed.ranks().world
 
 
 def _test_row(model, guide, test, config) -> dict[str, float]:
@@ -259,19 +230,32 @@ class _Loop:
     bar: Any
     on_epoch: Callable[[pd.DataFrame], None] | None
     saved_epoch: int | None = None  # the epoch whose checkpoint is on disk
+    checkpointing: bool = True  # fit was given a checkpoint path
 
     def run(self) -> bool:
         """Train the remaining epochs; True when stopped by Ctrl-C. Pyro's validation is off
         (it reads values on the host at every site); the pair was checked before."""
         with pyro.validation_enabled(False):
             for epoch in range(self.progress.epoch, self.config.epochs):
-                if self._epoch(epoch) or self.interrupt.requested:
+                if self._epoch(epoch) or self._stop_requested():
                     return True
         return False
+
+    def _stop_requested(self) -> bool:
+        """Ctrl-C was pressed (on any rank: all ranks stop at the same step)."""
+        return distributed.any_across(self.interrupt.requested, self.train.device)
+
+    def _stop_now(self, step: int) -> bool:
+        """Stop after this step? Every step on one process; under torch.distributed the ranks
+        agree on it every CHECK_EVERY steps."""
+        if distributed.ranks().world == 1:
+            return self.interrupt.requested
+        return (step + 1) % CHECK_EVERY == 0 and self._stop_requested()
 
     def _epoch(self, epoch: int) -> bool:
         p, n = self.progress, self.train.shape[0]
         x, batches = epoch_batches(self.train, self.dynamic, self.config, epoch)
+        batches = distributed.shard_batches(batches)  # this rank's share of each batch
         losses = torch.zeros(len(batches), device=self.train.device, dtype=self.train.dtype)
         first, checked = p.step, p.step
         if first:  # resumed mid-epoch: the same sum, in the same order, as without the stop
@@ -283,14 +267,14 @@ class _Loop:
             self.bar.update()
             if (step + 1) % CHECK_EVERY == 0:
                 checked = self._check(epoch, losses, checked, step + 1)
-            if self.interrupt.requested:
+            if self._stop_now(step):
                 self._check(epoch, losses, checked, step + 1)
-                p.losses = losses[: step + 1].tolist()
+                p.losses = _mean_across_ranks(losses[: step + 1]).tolist()
                 p.step, p.seconds = step + 1, time.perf_counter() - start
                 self.save()
                 return True
         self._check(epoch, losses, checked, len(batches))
-        total = losses.sum().item()
+        total = _mean_across_ranks(losses).sum().item()
         row = {"epoch": epoch + 1, "train_elbo": -total / (len(batches) * n)}
         row |= _test_row(self.model, self.guide, self.test, self.config)
         row |= {"beta": self.step.scale.value, "seconds": time.perf_counter() - start}
@@ -301,13 +285,15 @@ class _Loop:
         try:
             return self.step(x[idx], idx, n)
         except (ValueError, RuntimeError) as err:  # NaN parameters can break a distribution
-            self._check(epoch, losses, checked, step)
-            line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise TrainingError(f"training failed at {self._where(epoch, step)}: {line}") from err
+            if distributed.ranks().world == 1:  # (the other ranks would wait for this one)
+                self._check(epoch, losses, checked, step)
+            where = self._where(epoch, step)
+            raise TrainingError(f"training failed at {where}: {first_line(err)}") from err
 
     def _check(self, epoch: int, losses: torch.Tensor, start: int, end: int) -> int:
-        """Raise TrainingError at the first non-finite loss of steps [start, end)."""
-        bad = ~torch.isfinite(losses[start:end])
+        """Raise TrainingError at the first non-finite loss of steps [start, end) (of any
+        rank: the window is summed across ranks, so every rank raises at the same step)."""
+        bad = ~torch.isfinite(distributed.sum_across(losses[start:end]))
         if bad.any():
             step = start + int(bad.nonzero()[0])
             value = losses[step].item()
@@ -319,12 +305,12 @@ class _Loop:
         return end
 
     def _where(self, epoch: int, step: int) -> str:
-        kept = (
-            f"the checkpoint of epoch {self.saved_epoch} is kept"
-            if self.saved_epoch
-            else "no checkpoint was written"
-        )
-        return f"epoch {epoch + 1}, step {step + 1} ({kept})"
+        where = f"epoch {epoch + 1}, step {step + 1}"
+        if not self.checkpointing:
+            return where
+        if self.saved_epoch:
+            return f"{where} (the checkpoint of epoch {self.saved_epoch} is kept)"
+        return f"{where} (no checkpoint was written)"
 
     def _finish_epoch(self, row: dict[str, float]) -> None:
         p = self.progress

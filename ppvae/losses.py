@@ -29,7 +29,7 @@ from pyro import poutine
 from pyro.infer.trace_elbo import _compute_log_r
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
-from ppvae.pairs import data_frame
+from ppvae.pairs import data_frame, observed_site
 from ppvae.scoring import analytic_kl, per_row
 
 PARTICLES = "num_particles_vectorized"
@@ -119,10 +119,8 @@ def mean_field_terms(model_trace, guide_trace, plate: str):
 
 def _data_scale(model_trace, plate: str):
     """N / B, read from an observed site inside the plate over examples (1 without one)."""
-    for site in _samples(model_trace):
-        if site["is_observed"] and data_frame(site, plate) is not None:
-            return site["scale"]
-    return 1.0
+    site = observed_site(model_trace, plate)
+    return 1.0 if site is None else site["scale"]
 
 
 def iwae_terms(model_trace, guide_trace, plate: str, num_particles: int, nesting: int):

@@ -10,10 +10,6 @@ from typing import Any
 
 from pyro.infer import (
     ELBO,
-    JitTrace_ELBO,
-    JitTraceEnum_ELBO,
-    JitTraceGraph_ELBO,
-    JitTraceMeanField_ELBO,
     RenyiELBO,
     Trace_ELBO,
     TraceEnum_ELBO,
@@ -113,8 +109,6 @@ class Objective:
         One line for ``--help``.
     elbo : type of ELBO
         The Pyro estimator.
-    jit_elbo : type of ELBO or None
-        Its compiled variant, if Pyro has one.
     reparameterized : bool
         False: score-function gradient for the latent site.
     baseline : bool
@@ -137,7 +131,6 @@ class Objective:
 
     description: str
     elbo: type[ELBO]
-    jit_elbo: type[ELBO] | None = None
     reparameterized: bool = True
     baseline: bool = False
     vectorize: bool = False
@@ -145,15 +138,14 @@ class Objective:
     lean: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
-    def build(self, num_particles: int = 1, jit: bool = False, max_plate_nesting: int = 1) -> ELBO:
-        """The Pyro ELBO object; raises ValueError if ``jit`` has no compiled variant.
+    def build(self, num_particles: int = 1, max_plate_nesting: int = 1) -> ELBO:
+        """The Pyro ELBO object (for diagnostics and Pyro's own loop; ``fit`` trains with
+        :meth:`loss_fn`).
 
         ``max_plate_nesting`` is the number of plate dimensions the model and guide use
         (:func:`ppvae.pairs.plate_nesting`); particles and enumeration go to their left.
         """
-        cls = self.jit_elbo if jit else self.elbo
-        if cls is None:
-            raise ValueError(f"{self.elbo.__name__} has no JIT variant; drop --jit")
+        cls = self.elbo
         return cls(
             num_particles=num_particles,
             vectorize_particles=self.vectorize or num_particles > 1,
@@ -196,13 +188,11 @@ OBJECTIVES: dict[str, Objective] = {
     "trace": Objective(
         description="ELBO with a Monte Carlo KL term, reparameterized (Trace_ELBO)",
         elbo=Trace_ELBO,
-        jit_elbo=JitTrace_ELBO,
         lean="trace",
     ),
     "mean-field": Objective(
         description="ELBO with the analytic KL where it exists (TraceMeanField_ELBO)",
         elbo=TraceMeanField_ELBO,
-        jit_elbo=JitTraceMeanField_ELBO,
         lean="mean-field",
     ),
     "iwae": Objective(
@@ -216,7 +206,6 @@ OBJECTIVES: dict[str, Objective] = {
     "score": Objective(
         description="ELBO with score-function (log-derivative) gradients for z, no baseline",
         elbo=Trace_ELBO,
-        jit_elbo=JitTrace_ELBO,
         reparameterized=False,
         lean="trace",
     ),
@@ -224,13 +213,11 @@ OBJECTIVES: dict[str, Objective] = {
         description="ELBO with discrete latents the guide leaves out summed out exactly "
         "(TraceEnum_ELBO; mark them infer={'enumerate': 'parallel'})",
         elbo=TraceEnum_ELBO,
-        jit_elbo=JitTraceEnum_ELBO,
         enumerates=True,
     ),
     "score-baseline": Objective(
         description="score-function gradients with a decaying-average baseline (TraceGraph_ELBO)",
         elbo=TraceGraph_ELBO,
-        jit_elbo=JitTraceGraph_ELBO,
         reparameterized=False,
         baseline=True,
     ),

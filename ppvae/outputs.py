@@ -96,6 +96,8 @@ class Staging(os.PathLike):
                 os.replace(self.out, trash)
             os.replace(self.hidden, self.out)
         except OSError as err:
+            if trash.exists() and not self.out.exists():
+                os.replace(trash, self.out)  # the old run back where it was
             msg = f"cannot move the new run into {self.out}: {first_line(err)}"
             raise OutputError(msg) from err
         self.published = True

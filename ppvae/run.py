@@ -14,16 +14,20 @@ import pyro
 import torch
 
 from ppvae import checkpoint as ckpt
-from ppvae import plots
+from ppvae import distributed, plots
+from ppvae.baselines import imputation_rmse
 from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig, atomic_write_text
 from ppvae.data import BINARIZATIONS, DATASETS, Dataset, load_dataset
 from ppvae.errors import OutputError, first_line
 from ppvae.evaluate import evaluate, generate, posterior_means, reconstruct
 from ppvae.guides import GUIDES
-from ppvae.loop import HISTORY_COLUMNS, check_compatible
+from ppvae.imputation import impute
+from ppvae.loop import HISTORY_COLUMNS
+from ppvae.missing import mcar_dataset
 from ppvae.models import MODELS
 from ppvae.outputs import Staging, check_output_dir
 from ppvae.pairs import place
+from ppvae.resume import check_compatible
 from ppvae.train import FitConfig, FitResult, fit, resolve_device
 
 CONFIG, HISTORY, CHECKPOINT, METRICS = "config.json", "history.csv", "checkpoint.pt", "metrics.csv"
@@ -49,6 +53,10 @@ class RunConfig(JsonConfig):
     fit : FitConfig
     eval_samples : int
         K, importance samples per test example for log p(x) at the end of training.
+    missing_rate : float
+        Share of the entries of train and test made missing completely at random (seeded by
+        ``fit.seed``): the model leaves them out of its likelihood, and the metrics add the
+        imputation error on the held-out test entries.
 
     Examples
     --------
@@ -65,6 +73,7 @@ class RunConfig(JsonConfig):
     arch: ArchConfig = field(default_factory=ArchConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     eval_samples: int = 1000
+    missing_rate: float = 0.0
 
     def replace_epochs(self, epochs: int) -> "RunConfig":
         """This run with ``fit.epochs`` set to ``epochs`` (to extend it)."""
@@ -76,21 +85,28 @@ class RunConfig(JsonConfig):
         _choose("binarization", self.binarize, BINARIZATIONS)
         _choose("model", self.model, MODELS)
         _choose("guide", self.guide, GUIDES)
+        if not 0 <= self.missing_rate < 1:
+            raise ConfigError(f"missing_rate must be in [0, 1), got {self.missing_rate}")
         if self.eval_samples < 1:
             raise ConfigError(f"eval_samples must be >= 1, got {self.eval_samples}")
 
 
-def load_data(run: RunConfig) -> Dataset:
-    """The run's data set."""
-    return load_dataset(
+def load_data(run: RunConfig, *, complete: bool = False) -> Dataset:
+    """The run's data set, with ``run.missing_rate`` of its entries missing (NaN) unless
+    ``complete``."""
+    data = load_dataset(
         run.dataset, data_dir=run.data_dir, binarize=run.binarize, seed=run.fit.seed
     )
+    if run.missing_rate and not complete:
+        return mcar_dataset(data, run.missing_rate, seed=run.fit.seed)
+    return data
 
 
 def build(run: RunConfig, data: Dataset):
     """The model and guide of ``run``, sized for ``data``; seeded by ``run.fit.seed``."""
     torch.manual_seed(run.fit.seed)
-    shape = DataShape(data.train.shape[1], data.image_shape, data.train.shape[0])
+    rows = data.train.shape[0]
+    shape = DataShape(data.train.shape[1], data.image_shape, rows, missing=run.missing_rate > 0)
     model = MODELS[run.model](run.arch, shape)
     return model, GUIDES[run.guide](run.arch, shape, model)
 
@@ -164,6 +180,9 @@ def train(
     was, and ``overwrite`` replaces an old run only by a new one that has started. With
     ``resume``, ``history.csv`` is rewritten from the checkpoint first. The run starts from an
     empty param store, as a new process would.
+
+    Under ``torch.distributed`` (``torchrun``) every rank trains and evaluates its share; rank
+    0 alone writes the directory.
     """
     out = check_output_dir(out)
     if resume:
@@ -171,6 +190,8 @@ def train(
     _check_new_run(out, overwrite)
     data = load_data(run)
     resolve_device(run.fit.device)
+    if not distributed.is_main():
+        return _train_quietly(run, data, progress)
     staging = Staging(out, CHECKPOINT)
     try:
         return _train_new(run, data, staging, progress)
@@ -194,9 +215,30 @@ def _train_new(run: RunConfig, data: Dataset, staging: Staging, progress) -> Run
     return _finish(run, data, result, staging.folder)
 
 
+def _check_same_run(saved: RunConfig, run: RunConfig, out: Path) -> None:
+    """Resume continues the run in ``out`` as it was: only ``fit.epochs`` may differ."""
+    old, new = saved.leaves(), run.leaves()
+    differ = sorted(k for k in old if k != "fit.epochs" and old[k] != new.get(k))
+    if differ:
+        changes = ", ".join(f"{k} {new.get(k)!r} (saved {old[k]!r})" for k in differ)
+        raise ConfigError(
+            f"resume continues the run in {out} as it was, and only fit.epochs may change, "
+            f"but {changes}"
+        )
+
+
+def _train_quietly(run: RunConfig, data: Dataset, progress) -> RunResult:
+    """A rank other than 0: the same training and evaluation, nothing written."""
+    pyro.clear_param_store()
+    model, guide = build(run, data)
+    result = fit(model, guide, data, run.fit, progress=False)
+    return _finish(run, data, result, None)
+
+
 def _resume(run: RunConfig, out: Path, progress) -> RunResult:
     if not (out / CHECKPOINT).exists():
         raise ConfigError(f"nothing to resume: {out / CHECKPOINT} does not exist")
+    _check_same_run(RunConfig.load(out / CONFIG), run, out)
     saved = ckpt.load(out / CHECKPOINT)
     check_compatible(saved["config"], run.fit, out / CHECKPOINT)
     done = saved["progress"]["epoch"]
@@ -209,9 +251,17 @@ def _resume(run: RunConfig, out: Path, progress) -> RunResult:
     resolve_device(run.fit.device)
     pyro.clear_param_store()
     model, guide = build(run, data)
-    rows = saved["progress"]["rows"]
-    _write_csv(pd.DataFrame(rows, columns=HISTORY_COLUMNS), out / HISTORY)
-    (out / METRICS).unlink(missing_ok=True)  # rewritten once training ends
+    main = distributed.is_main()
+    if main:
+        rows = saved["progress"]["rows"]
+        _write_csv(pd.DataFrame(rows, columns=HISTORY_COLUMNS), out / HISTORY)
+
+    def on_epoch(history: pd.DataFrame) -> None:
+        (out / METRICS).unlink(
+            missing_ok=True
+        )  # the run has moved past them; rewritten at the end
+        _write_csv(history, out / HISTORY)
+
     result = fit(
         model,
         guide,
@@ -219,25 +269,40 @@ def _resume(run: RunConfig, out: Path, progress) -> RunResult:
         run.fit,
         checkpoint=out / CHECKPOINT,
         resume=True,
-        progress=progress,
-        on_epoch=lambda h: _write_csv(h, out / HISTORY),
+        progress=progress if main else False,
+        on_epoch=on_epoch if main else None,
     )
-    run.save(out / CONFIG)  # its epochs, once training has gone past the old ones
-    return _finish(run, data, result, out)
+    if main:
+        run.save(out / CONFIG)  # its epochs, once training has gone past the old ones
+    return _finish(run, data, result, out if main else None)
 
 
-def _finish(run: RunConfig, data: Dataset, result: FitResult, out: Path) -> RunResult:
-    files = [out / CONFIG, out / CHECKPOINT, out / HISTORY]
+def _finish(run: RunConfig, data: Dataset, result: FitResult, out: Path | None) -> RunResult:
+    """Evaluate (every rank, sharded) and write metrics and pictures to ``out`` (rank 0: the
+    other ranks pass None)."""
+    files = [] if out is None else [out / CONFIG, out / CHECKPOINT, out / HISTORY]
     if result.interrupted:
         return RunResult(result, None, files)
     model, guide = result.model, result.guide
-    test = data.test.to(resolve_device(run.fit.device))
+    test = data.test.to(distributed.local_device(resolve_device(run.fit.device)))
     metrics = None
     if getattr(guide, "amortized", True):
-        metrics = evaluate(model, guide, test, num_samples=run.eval_samples)
-        files.append(_write_csv(metrics, out / METRICS))
-    files += _pictures(result, data, test, out)
+        with distributed.scoring_together():  # every rank its share of the test set
+            metrics = evaluate(model, guide, test, num_samples=run.eval_samples)
+        if run.missing_rate and out is not None:
+            metrics["imputation_rmse"] = _imputation_rmse(run, model, guide, test)
+        if out is not None:
+            files.append(_write_csv(metrics, out / METRICS))
+    if out is not None:
+        files += _pictures(result, data, test, out)
     return RunResult(result, metrics, files)
+
+
+def _imputation_rmse(run: RunConfig, model, guide, test: torch.Tensor) -> float:
+    """RMSE of E[x_miss | x_obs] on the held-out test entries, against their true values."""
+    truth = load_data(run, complete=True).test.to(test.device)
+    imputed = impute(model, guide, test, num_samples=run.eval_samples).mean
+    return imputation_rmse(truth, imputed, test.isnan())
 
 
 class LoadedRun(NamedTuple):

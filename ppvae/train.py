@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ppvae import checkpoint as ckpt
+from ppvae import distributed
 from ppvae.checker import check
 from ppvae.config import ConfigError, JsonConfig
 from ppvae.data import Dataset, validate_data
@@ -27,11 +28,19 @@ from ppvae.loop import (
     _Loop,
     _Progress,
     epoch_batches,
-    restore,
-    state,
 )
 from ppvae.objectives import OBJECTIVES
-from ppvae.pairs import DEFAULT_PLATE, batched, param_tensors, place, probe, run_pair
+from ppvae.pairs import (
+    DEFAULT_PLATE,
+    batched,
+    data_frame,
+    param_tensors,
+    place,
+    probe,
+    run_pair,
+    sample_sites,
+)
+from ppvae.resume import restore, state
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -52,7 +61,8 @@ class FitConfig(JsonConfig):
     ----------
     epochs, batch_size, lr : int, int, float
         Passes over the data, minibatch size (the last partial batch of each shuffled epoch
-        is dropped, so every step has the same shape), Adam's learning rate.
+        is dropped, so every step has the same shape; under ``torch.distributed`` it is the
+        global batch, ``batch_size / world`` rows per rank), Adam's learning rate.
     objective : str
         A key of :data:`ppvae.objectives.OBJECTIVES`.
     num_particles : int
@@ -157,11 +167,17 @@ def resolve_device(name: str, *, check_available: bool = True) -> torch.device:
     return device
 
 
-def _check_objective(config: FitConfig, structure) -> None:
-    if config.objective == "iwae" and structure.global_latents:
-        names = ", ".join(structure.global_latents)
+def _check_objective(config: FitConfig, structure, guide_trace) -> None:
+    """The per-example IWAE needs every latent site, the guide's too, inside the plate."""
+    if config.objective != "iwae":
+        return
+    outside = [
+        n for n, s in sample_sites(guide_trace).items() if data_frame(s, config.plate) is None
+    ]
+    names = ", ".join(dict.fromkeys((*structure.global_latents, *outside)))
+    if names:
         raise ConfigError(
-            f"objective 'iwae' bounds each example's likelihood, but the model has global "
+            f"objective 'iwae' bounds each example's likelihood, but the pair has global "
             f"latent sites ({names}) outside the plate '{config.plate}': choose 'trace'"
         )
 
@@ -190,10 +206,11 @@ def training_step(
     the parameters it registers in Pyro's param store. ``benchmarks/step_time.py`` times
     exactly this step.
     """
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
     calls = batched(model, config.plate), batched(guide, config.plate)
     train = train.to(device)
     x, batches = epoch_batches(train, dynamic, config, 0)
+    batches = distributed.shard_batches(batches)  # this rank's share of each global batch
     batch = (x[batches[0]], batches[0])
     place(model, guide, batch[0], device, config.plate, idx=batch[1])
     n = train.shape[0]
@@ -207,10 +224,12 @@ def training_step(
         plate=config.plate,
     )
     structure = probe(*calls, *batch, plate=config.plate)
-    _check_objective(config, structure)
     traces = run_pair(*calls, *batch)
+    _check_objective(config, structure, traces[1])
     params = {k: v for k, v in param_tensors(*traces).items() if v.requires_grad}
-    return Step(*calls, params, config, max(1, structure.max_plate_nesting))
+    step = Step(*calls, params, config, max(1, structure.max_plate_nesting))
+    distributed.broadcast_parameters(step.params)  # every rank starts from rank 0's values
+    return step
 
 
 def fit(
@@ -240,7 +259,8 @@ def fit(
         is re-binarized every epoch) or a training tensor of shape (N, D).
     config : FitConfig
     checkpoint : path, optional
-        Written atomically after every epoch and on Ctrl-C.
+        Written atomically after every epoch and on Ctrl-C (by rank 0 under
+        ``torch.distributed``; every rank reads it to resume).
     resume : bool
         Continue from ``checkpoint``. On the CPU with the same seed, an interrupted and resumed
         run ends with exactly the parameters of an uninterrupted one.
@@ -265,12 +285,12 @@ def fit(
         with nothing observed), the wrong rank, or values outside [0, 1] for a Bernoulli-type
         likelihood.
     """
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
     train, test, dynamic = _inputs(data, model)
     train, test = train.to(device), None if test is None else test.to(device)
     step = training_step(model, guide, train, config, dynamic=dynamic)
     n, b = train.shape[0], min(config.batch_size, train.shape[0])
-    pyro.set_rng_seed(config.seed)
+    pyro.set_rng_seed(config.seed + distributed.ranks().rank)  # each rank its own draws
     status = _Progress(rows=[])
     if resume:
         if checkpoint is None or not os.path.exists(checkpoint):
@@ -278,13 +298,19 @@ def fit(
         status = restore(checkpoint, model, guide, step, config, train)
 
     def save() -> bool:
-        if checkpoint is not None:
-            ckpt.save(checkpoint, state(status, model, guide, step, config))
+        """Write the checkpoint (rank 0); gathering the ranks' random states is collective."""
+        rank, world = distributed.ranks()
+        if checkpoint is None and world == 1:
+            return False
+        snapshot = state(status, model, guide, step, config)
+        if checkpoint is not None and rank == 0:
+            ckpt.save(checkpoint, snapshot)
         return checkpoint is not None
 
     steps = n // b
     shown = sys.stderr.isatty() if progress is None else progress
     with (
+        distributed.scoring_together(),  # every rank scores its share of the test set
         _DeferredInterrupt().installed() as interrupt,
         tqdm(
             total=config.epochs * steps,
@@ -309,6 +335,7 @@ def fit(
             on_epoch,
         )
         loop.saved_epoch = status.epoch if resume else None
+        loop.checkpointing = checkpoint is not None
         stopped = loop.run()
     history = pd.DataFrame(status.rows, columns=HISTORY_COLUMNS)
     return FitResult(history, model, guide, config, interrupted=stopped)

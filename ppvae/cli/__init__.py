@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from ppvae.cli import compare, gradients, train
 from ppvae.cli.common import provided
-from ppvae.errors import PPVAEError, first_line
+from ppvae.distributed import main_process, rank_label
+from ppvae.errors import PPVAEError, TrainingError, first_line
 
 SUBCOMMANDS = [train.add, gradients.add, compare.add]
 
@@ -46,7 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PPVAEError as err:
         if debug:
             raise
-        print(f"ppvae: error: {first_line(err)}", file=sys.stderr)
+        # under torchrun every rank finds a mistake in the input, and rank 0 says it; a
+        # failure of training can be one rank's own, and that rank says it
+        if main_process() or isinstance(err, TrainingError):
+            print(f"ppvae: error: {rank_label()}{first_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ppvae: interrupted", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from ppvae import distributed
 from ppvae.cli.common import (
     add_arch_args,
     add_data_args,
@@ -13,8 +14,9 @@ from ppvae.cli.common import (
 from ppvae.config import ConfigError
 from ppvae.guides import GUIDES
 from ppvae.models import MODELS
+from ppvae.train import resolve_device
 
-KEPT_ON_RESUME = {"out", "resume", "overwrite", "epochs", "debug", "func", "parser"}
+KEPT_ON_RESUME = {"out", "resume", "overwrite", "epochs", "debug", "func", "parser", "backend"}
 """Flags a resumed run may be given: everything else is the saved run's own."""
 
 
@@ -30,16 +32,14 @@ def _new_config(args):
         arch=arch_config(args),
         fit=fit_config(args),
         eval_samples=args.eval_samples,
+        missing_rate=args.missing_rate,
     )
 
 
 def _flat(config) -> dict:
-    """{leaf field: value} of a RunConfig, lists as tuples (field names are unique)."""
-    flat = {}
-    for key, value in config.to_dict().items():
-        items = value.items() if isinstance(value, dict) else [(key, value)]
-        flat |= {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in items}
-    return flat
+    """{field name: value} of a RunConfig (its field names are unique across the nesting, and
+    a flag's destination is its field's name)."""
+    return {k.rsplit(".", 1)[-1]: v for k, v in config.leaves().items()}
 
 
 def _resumed_config(args, given: set[str]):
@@ -74,7 +74,11 @@ def run(args, given: set[str]) -> int:
     from ppvae.run import train
 
     config = _resumed_config(args, given) if args.resume else _new_config(args)
-    result = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
+    device = resolve_device(config.fit.device)
+    with distributed.from_environment(device, args.backend):  # under torchrun: the group
+        result = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
+    if not distributed.main_process():
+        return 130 if result.fit.interrupted else 0
     out = Path(args.out)
     if result.fit.interrupted:
         print(f"interrupted; checkpoint saved. Continue with: ppvae train --out {out} --resume")
@@ -103,6 +107,13 @@ def add(sub) -> None:
         "--resume continues it with the saved settings (only --epochs may be raised).",
     )
     add_data_args(p)
+    p.add_argument_group("data").add_argument(
+        "--missing-rate",
+        type=float,
+        default=0.0,
+        help="make this share of the entries missing at random (seeded): the model leaves "
+        "them out; pair it with --guide masked-diag (default: 0)",
+    )
     g = p.add_argument_group("model and guide")
     g.add_argument("--model", default="bernoulli", choices=list(MODELS), help=describe(MODELS))
     g.add_argument("--guide", default="diag", choices=list(GUIDES), help=describe(GUIDES))
@@ -117,5 +128,12 @@ def add(sub) -> None:
         type=int,
         default=1000,
         help="K for the importance-sampled test log p(x) (default: %(default)s)",
+    )
+    g = p.add_argument_group("several processes (torchrun --nproc-per-node N -m ppvae train)")
+    g.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "gloo", "nccl"],
+        help="torch.distributed backend under torchrun: auto is nccl on CUDA, gloo on the CPU",
     )
     p.set_defaults(func=run, parser=p)

@@ -1,0 +1,203 @@
+"""Data-parallel training across processes with ``torch.distributed`` (``torchrun``).
+
+When a process group is initialized (by ``torchrun --nproc-per-node N -m ppvae train ...``,
+or by the caller before :func:`ppvae.fit`), training is data parallel with DDP's semantics:
+
+- every rank builds the same epoch permutation; each global batch of ``batch_size`` rows is
+  cut into ``world`` shards and rank r trains on shard r, so every example is seen once per
+  epoch and the global batch is ``batch_size``;
+- after each backward pass the gradients of every parameter the step trains are averaged
+  across ranks (one all-reduce of a flat buffer), so the ranks keep identical parameters and
+  take the step one process with the global batch would take;
+- rank r draws its random numbers from ``seed + r``;
+- losses are summed across ranks when they are looked at, so every rank sees the same numbers
+  and stops (NaN, Ctrl-C) at the same step;
+- evaluation inside ``fit`` (and ``ppvae train``) shards the test rows across ranks and gathers
+  the per-example results (:func:`scoring_together`); called on its own, it scores locally;
+- rank 0 alone writes the checkpoint (with every rank's random state), history and pictures.
+
+On one process, every function here is the identity (or a no-op), so the same code runs.
+"""
+
+import contextlib
+import contextvars
+import os
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+
+from ppvae.errors import ConfigError
+
+
+class Ranks(NamedTuple):
+    """This process's rank and the number of processes."""
+
+    rank: int
+    world: int
+
+
+def ranks() -> Ranks:
+    """(rank, world size) of the initialized process group, or (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size())
+    return Ranks(0, 1)
+
+
+def is_main() -> bool:
+    """True on rank 0 (and on a single process): the one that writes and prints."""
+    return ranks().rank == 0
+
+
+def rank_label() -> str:
+    """``"[rank r] "`` under torchrun (read from the environment), else ``""``."""
+    return f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+
+
+def main_process() -> bool:
+    """True unless ``torchrun`` started this process as a rank other than 0 (read from the
+    environment, so it holds before the process group exists and after it is gone)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def backend_for(device: torch.device, backend: str = "auto") -> str:
+    """``nccl`` for CUDA, ``gloo`` for the CPU, or the one asked for if it is available."""
+    chosen = ("nccl" if device.type == "cuda" else "gloo") if backend == "auto" else backend
+    available = {"gloo": dist.is_gloo_available, "nccl": dist.is_nccl_available}
+    if chosen not in available or not available[chosen]():
+        raise ConfigError(f"the torch.distributed backend '{chosen}' is not available here")
+    if chosen == "nccl" and device.type != "cuda":
+        raise ConfigError("the nccl backend needs CUDA devices: use --device cuda or gloo")
+    return chosen
+
+
+@contextlib.contextmanager
+def from_environment(device: torch.device, backend: str = "auto"):
+    """Initialize the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1) for the
+    block, and destroy it after; a single process is left alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 or (dist.is_available() and dist.is_initialized()):
+        yield ranks()
+        return
+    name = backend_for(device, backend)
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(name)
+    try:
+        yield ranks()
+    finally:
+        dist.destroy_process_group()
+
+
+def local_device(device: torch.device) -> torch.device:
+    """``cuda`` means this rank's GPU (``LOCAL_RANK``) under torchrun."""
+    if device.type == "cuda" and device.index is None and ranks().world > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def shard_batches(batches: torch.Tensor) -> torch.Tensor:
+    """This rank's columns of each global batch (steps, B): (steps, B / world)."""
+    rank, world = ranks()
+    if world == 1:
+        return batches
+    width = batches.shape[1]
+    if width % world:
+        raise ConfigError(
+            f"the world size {world} does not divide the batch size {width}: choose a batch "
+            f"size that is a multiple of {world} (each rank trains on batch_size / {world} rows)"
+        )
+    per_rank = width // world
+    return batches[:, rank * per_rank : (rank + 1) * per_rank]
+
+
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Replace each parameter's gradient by its mean across ranks (one flat all-reduce)."""
+    world = ranks().world
+    if world == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    for p, chunk in zip(params, flat.split([g.numel() for g in grads]), strict=True):
+        p.grad = chunk.view_as(p)
+
+
+def broadcast_parameters(params: list[torch.Tensor]) -> None:
+    """Every rank starts from rank 0's values."""
+    if ranks().world == 1:
+        return
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data, src=0)
+
+
+def sum_across(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over ranks (a copy; the input is left as it was)."""
+    if ranks().world == 1:
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total)
+    return total
+
+
+def any_across(flag: bool, device: torch.device) -> bool:
+    """True on every rank if it is True on any (a collective: every rank must call it)."""
+    if ranks().world == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+_SCORING_TOGETHER = contextvars.ContextVar("scoring_together", default=False)
+
+
+@contextlib.contextmanager
+def scoring_together():
+    """Inside the block, every rank scores its share of the rows and the results are gathered
+    (``fit`` and ``ppvae train`` enter it: every rank calls the same evaluations). Outside it,
+    scoring is local even under torch.distributed, so ``if rank == 0: evaluate(...)`` works."""
+    token = _SCORING_TOGETHER.set(True)
+    try:
+        yield
+    finally:
+        _SCORING_TOGETHER.reset(token)
+
+
+def sharding() -> bool:
+    """Whether scoring is split across the ranks here (see :func:`scoring_together`)."""
+    return _SCORING_TOGETHER.get() and ranks().world > 1
+
+
+def shard_rows(n: int) -> slice:
+    """This rank's contiguous share of ``n`` rows (all of them unless :func:`sharding`)."""
+    if not sharding():
+        return slice(0, n)
+    rank, world = ranks()
+    bounds = [n * r // world for r in range(world + 1)]
+    return slice(bounds[rank], bounds[rank + 1])
+
+
+def gather_rows(part: torch.Tensor, n: int) -> torch.Tensor:
+    """The (n, ...) tensor whose rows :func:`shard_rows` split over the ranks, on every rank."""
+    rank, world = ranks()
+    if not sharding():
+        return part
+    longest = -(-n // world)
+    padded = part.new_zeros((longest, *part.shape[1:]))
+    padded[: len(part)] = part
+    pieces = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(pieces, padded)
+    sizes = [n * (r + 1) // world - n * r // world for r in range(world)]
+    return torch.cat([p[:s] for p, s in zip(pieces, sizes, strict=True)])
+
+
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if ranks().world == 1:
+        return [obj]
+    found = [None] * ranks().world
+    dist.all_gather_object(found, obj)
+    return found
