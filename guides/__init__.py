@@ -88,8 +88,7 @@ def ppca_exact(arch: ArchConfig, shape: DataShape, model=None) -> ExactPPCAGuide
 
 
 def masked_ppca_exact(arch: ArchConfig, shape: DataShape, model=None) -> ExactObservedPPCAGuide:
-    """The exact PPCA posterior given the observed entries (needs the ``ppca`` model):
-    ELBO = log p(x_obs)."""
+    """The exact PPCA posterior given x_obs (needs the ``ppca`` model): ELBO = log p(x_obs)."""
     if not hasattr(model, "W"):
         raise ConfigError("the masked-ppca-exact guide needs the ppca model (--model ppca)")
     return ExactObservedPPCAGuide(model)

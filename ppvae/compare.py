@@ -50,7 +50,7 @@ from ppvae.compare_missing import METHODS as MISSING_METHODS
 from ppvae.compare_missing import compare_missing
 from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig, atomic_write_text
 from ppvae.data import DATASETS, dequantize, load_dataset
-from ppvae.errors import PPVAEError, first_line
+from ppvae.errors import PPVAEError, TrainingError, first_line
 from ppvae.evaluate import bits_per_dim, elbo_terms, log_likelihood
 from ppvae.guides import GUIDES
 from ppvae.models import MODELS
@@ -273,6 +273,11 @@ def _analytic_elbo(model, guide, x: Tensor) -> float:
 def ppca_svi(split: Split, config: CompareConfig) -> Row:
     """The PPCA Pyro model by SVI with the exact posterior guide (ELBO = log p(x))."""
     model, guide, seconds = _svi("ppca", "ppca-exact", split, config)
+    if not model.sigma2 > 0:  # a finite loss all the way, but the noise variance underflowed
+        raise TrainingError(
+            f"training drove sigma2 to {model.sigma2.item():.3g}: the learning rate {config.lr} "
+            "is too high for PPCA by SVI"
+        )
     with torch.no_grad():
         params = (p.double() for p in (model.W, model.mu, model.sigma2))
         log_px = ppca_log_prob(split.test, *params)

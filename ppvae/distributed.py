@@ -90,10 +90,24 @@ def from_environment(device: torch.device, backend: str = "auto"):
 
 
 def local_device(device: torch.device) -> torch.device:
-    """``cuda`` means this rank's GPU (``LOCAL_RANK``) under torchrun."""
-    if device.type == "cuda" and device.index is None and ranks().world > 1:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
+    """``cuda`` means this rank's GPU (``LOCAL_RANK``) under torchrun; ``cuda:N`` would put
+    every rank on one GPU, and is refused there."""
+    if device.type != "cuda" or ranks().world == 1:
+        return device
+    if device.index is not None:
+        raise ConfigError(
+            f"device {device} would put every rank on one GPU: under torchrun use --device "
+            "cuda (or auto), and each rank takes the GPU of its LOCAL_RANK"
+        )
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def same_everywhere(value, what: str) -> None:
+    """Raise ConfigError on every rank unless every rank has the same ``value`` (picklable)."""
+    values = gather_objects(value)
+    if any(v != values[0] for v in values):
+        shown = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+        raise ConfigError(f"every rank must be given the same {what} ({shown})")
 
 
 def shard_batches(batches: torch.Tensor) -> torch.Tensor:
@@ -111,26 +125,38 @@ def shard_batches(batches: torch.Tensor) -> torch.Tensor:
     return batches[:, rank * per_rank : (rank + 1) * per_rank]
 
 
-def average_gradients(params: list[torch.Tensor]) -> None:
-    """Replace each parameter's gradient by its mean across ranks (one flat all-reduce)."""
-    world = ranks().world
+def average_gradients(params: list[torch.Tensor], world: int) -> None:
+    """Replace each parameter's gradient by its mean across ranks (one flat all-reduce).
+
+    A parameter that no rank's step reached keeps no gradient (Adam then leaves it alone, as
+    on one process); one that some ranks reached counts zero for the others. Only a rank
+    whose own step missed a parameter reads the flags on the host.
+    """
     if world == 1:
         return
+    reached = [p.grad is not None for p in params]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flags = torch.tensor(reached, dtype=grads[0].dtype).to(grads[0].device, non_blocking=True)
+    flat = torch.cat([*(g.reshape(-1) for g in grads), flags])
     dist.all_reduce(flat)
     flat /= world
-    for p, chunk in zip(params, flat.split([g.numel() for g in grads]), strict=True):
-        p.grad = chunk.view_as(p)
+    sizes = [g.numel() for g in grads]
+    chunks = flat[: sum(sizes)].split(sizes)
+    if not all(reached):
+        reached = [bool(f) for f in flat[sum(sizes) :].tolist()]  # reached on any rank
+    for p, chunk, any_rank in zip(params, chunks, reached, strict=True):
+        p.grad = chunk.view_as(p) if any_rank else None
 
 
-def broadcast_parameters(params: list[torch.Tensor]) -> None:
-    """Every rank starts from rank 0's values."""
+def broadcast_state(tensors: list[torch.Tensor], modules=()) -> None:
+    """Every rank takes rank 0's values of ``tensors`` and of the buffers (batch-norm
+    statistics, frozen weights) of ``modules`` (those that are ``torch.nn.Module``)."""
     if ranks().world == 1:
         return
+    buffers = [b for m in modules if isinstance(m, torch.nn.Module) for b in m.buffers()]
     with torch.no_grad():
-        for p in params:
-            dist.broadcast(p.data, src=0)
+        for t in [*tensors, *buffers]:
+            dist.broadcast(t.data, src=0)
 
 
 def sum_across(tensor: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,18 @@ True
 
 
 class PPVAEError(Exception):
-    """A mistake in ppvae's input, explained in one line (the base of the ones below)."""
+    """A mistake in ppvae's input, explained in one line (the base of the ones below).
+
+    ``every_rank`` says whether, under torch.distributed, every rank meets the same error
+    (then rank 0 alone reports it) or one rank may meet it alone (then that rank says so).
+    """
+
+    every_rank = True
+
+    def __init__(self, *args, every_rank: bool | None = None):
+        super().__init__(*args)
+        if every_rank is not None:
+            self.every_rank = every_rank
 
 
 class ConfigError(PPVAEError, ValueError):
@@ -31,6 +42,8 @@ class ModelGuideError(PPVAEError, ValueError):
 class TrainingError(PPVAEError, RuntimeError):
     """Training cannot go on (a non-finite loss); the message names the epoch and step."""
 
+    every_rank = False  # a step can fail on one rank; the loss checks raise on every rank
+
 
 class CheckpointError(PPVAEError, ValueError):
     """A checkpoint that cannot be read (truncated, empty, foreign, or unsafe to load)."""
@@ -39,6 +52,8 @@ class CheckpointError(PPVAEError, ValueError):
 class OutputError(PPVAEError, OSError):
     """An output that cannot be written (a file where a folder should be, no permission, a
     full disk); what was written before stays as it was."""
+
+    every_rank = False  # rank 0 alone writes
 
 
 def first_line(err: BaseException) -> str:

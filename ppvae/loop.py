@@ -116,6 +116,7 @@ class Step:
         self.names = sorted(params)
         self.params = [params[n] for n in self.names]
         self.optim = _adam(self.params, config.lr)
+        self.world = distributed.ranks().world
 
     def __call__(self, x: torch.Tensor, idx: torch.Tensor, num_data: int) -> torch.Tensor:
         if is_validation_enabled():  # validation checks values on the host
@@ -125,7 +126,7 @@ class Step:
             loss = self.loss(x, idx, num_data)
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
-        distributed.average_gradients(self.params)  # a no-op on one process
+        distributed.average_gradients(self.params, self.world)  # a no-op on one process
         self.optim.step()
         return loss.detach()
 
@@ -153,28 +154,38 @@ class _Progress:
 
 
 class _DeferredInterrupt:
-    """Ctrl-C sets a flag that the loop reads between steps, so a checkpoint is never taken
-    in the middle of an optimizer update. A second Ctrl-C stops at once."""
+    """Ctrl-C (SIGINT) or SIGTERM sets a flag that the loop reads between steps, so a
+    checkpoint is never taken in the middle of an optimizer update. A second signal stops at
+    once; under torch.distributed, only one that comes :data:`BURST` seconds after the first
+    (torchrun passes a Ctrl-C on to its workers as SIGINT and SIGTERM together, on top of the
+    terminal's own SIGINT, and gives them 30 seconds to finish)."""
 
-    def __init__(self):
+    BURST = 1.0
+
+    def __init__(self, burst: float = 0.0):
         self.requested = False
+        self._first = 0.0
+        self._burst = burst
 
     def _handler(self, signum, frame):
-        if self.requested:
+        if self.requested and time.monotonic() - self._first >= self._burst:
             raise KeyboardInterrupt
-        self.requested = True
+        if not self.requested:
+            self.requested, self._first = True, time.monotonic()
 
     @contextlib.contextmanager
     def installed(self):
+        signals = (signal.SIGINT, signal.SIGTERM)
         try:
-            previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
+            previous = {s: signal.signal(s, self._handler) for s in signals}
+        except ValueError:  # not the main thread: leave the signals alone
             yield self
             return
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def epoch_batches(train: torch.Tensor, dynamic: bool, config, epoch: int):
@@ -245,13 +256,6 @@ class _Loop:
         """Ctrl-C was pressed (on any rank: all ranks stop at the same step)."""
         return distributed.any_across(self.interrupt.requested, self.train.device)
 
-    def _stop_now(self, step: int) -> bool:
-        """Stop after this step? Every step on one process; under torch.distributed the ranks
-        agree on it every CHECK_EVERY steps."""
-        if distributed.ranks().world == 1:
-            return self.interrupt.requested
-        return (step + 1) % CHECK_EVERY == 0 and self._stop_requested()
-
     def _epoch(self, epoch: int) -> bool:
         p, n = self.progress, self.train.shape[0]
         x, batches = epoch_batches(self.train, self.dynamic, self.config, epoch)
@@ -261,22 +265,26 @@ class _Loop:
         if first:  # resumed mid-epoch: the same sum, in the same order, as without the stop
             losses[:first] = torch.tensor(p.losses, dtype=losses.dtype)
         start = time.perf_counter() - p.seconds
+        alone = self.step.world == 1
         for step in range(first, len(batches)):
             self.step.scale.value = kl_weight(self.config, epoch, step, len(batches))
             losses[step] = self._one(epoch, step, x, batches[step], n, losses, checked)
             self.bar.update()
-            if (step + 1) % CHECK_EVERY == 0:
-                checked = self._check(epoch, losses, checked, step + 1)
-            if self._stop_now(step):
+            stop = alone and self.interrupt.requested  # one process: after any step
+            if (step + 1) % CHECK_EVERY == 0:  # ranks agree on a stop when they look
+                checked, stop_any = self._check(epoch, losses, checked, step + 1)
+                stop = stop or stop_any
+            if stop:
                 self._check(epoch, losses, checked, step + 1)
                 p.losses = _mean_across_ranks(losses[: step + 1]).tolist()
                 p.step, p.seconds = step + 1, time.perf_counter() - start
                 self.save()
                 return True
-        self._check(epoch, losses, checked, len(batches))
+        self._check(epoch, losses, checked, len(batches))  # (a stop is looked at after it)
         total = _mean_across_ranks(losses).sum().item()
         row = {"epoch": epoch + 1, "train_elbo": -total / (len(batches) * n)}
-        row |= _test_row(self.model, self.guide, self.test, self.config)
+        with distributed.scoring_together():  # every rank scores its share of the test set
+            row |= _test_row(self.model, self.guide, self.test, self.config)
         row |= {"beta": self.step.scale.value, "seconds": time.perf_counter() - start}
         self._finish_epoch(row)
         return False
@@ -290,19 +298,24 @@ class _Loop:
             where = self._where(epoch, step)
             raise TrainingError(f"training failed at {where}: {first_line(err)}") from err
 
-    def _check(self, epoch: int, losses: torch.Tensor, start: int, end: int) -> int:
-        """Raise TrainingError at the first non-finite loss of steps [start, end) (of any
-        rank: the window is summed across ranks, so every rank raises at the same step)."""
-        bad = ~torch.isfinite(distributed.sum_across(losses[start:end]))
+    def _check(self, epoch: int, losses: torch.Tensor, start: int, end: int) -> tuple[int, bool]:
+        """Raise TrainingError at the first non-finite loss of steps [start, end), and say
+        whether Ctrl-C was pressed. Under torch.distributed one collective does both: the
+        window and the flag are summed across ranks, so every rank raises (or stops) at the
+        same step, and the loss named is the ranks' sum."""
+        flag = torch.ones(1) if self.interrupt.requested else torch.zeros(1)
+        window = torch.cat([losses[start:end], flag.to(losses)])
+        window = distributed.sum_across(window)
+        bad = ~torch.isfinite(window[:-1])
         if bad.any():
             step = start + int(bad.nonzero()[0])
-            value = losses[step].item()
             raise TrainingError(
-                f"the loss became {value} at {self._where(epoch, step)}: a step sent a "
-                "parameter or a log-density to infinity (a learning rate too high for this "
-                "model, or data a likelihood cannot score)"
+                f"the loss became {window[step - start].item()} at {self._where(epoch, step)}: "
+                "a step sent a parameter or a log-density to infinity (a learning rate too "
+                "high for this model, or data a likelihood cannot score)",
+                every_rank=True,
             )
-        return end
+        return end, bool(window[-1] > 0)
 
     def _where(self, epoch: int, step: int) -> str:
         where = f"epoch {epoch + 1}, step {step + 1}"

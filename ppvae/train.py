@@ -195,6 +195,11 @@ def _inputs(data: Dataset | torch.Tensor, model):
     return train, test, dynamic
 
 
+def _fingerprint(x: torch.Tensor | None):
+    """Enough of a tensor to tell whether every rank was given the same one."""
+    return None if x is None else (tuple(x.shape), float(f"{x.double().nansum().item():.9g}"))
+
+
 def training_step(
     model, guide, train: torch.Tensor, config: FitConfig, *, dynamic: bool = False
 ) -> Step:
@@ -209,6 +214,7 @@ def training_step(
     device = distributed.local_device(resolve_device(config.device))
     calls = batched(model, config.plate), batched(guide, config.plate)
     train = train.to(device)
+    distributed.same_everywhere(_fingerprint(train), "training data (shape, sum)")
     x, batches = epoch_batches(train, dynamic, config, 0)
     batches = distributed.shard_batches(batches)  # this rank's share of each global batch
     batch = (x[batches[0]], batches[0])
@@ -226,9 +232,11 @@ def training_step(
     structure = probe(*calls, *batch, plate=config.plate)
     traces = run_pair(*calls, *batch)
     _check_objective(config, structure, traces[1])
-    params = {k: v for k, v in param_tensors(*traces).items() if v.requires_grad}
-    step = Step(*calls, params, config, max(1, structure.max_plate_nesting))
-    distributed.broadcast_parameters(step.params)  # every rank starts from rank 0's values
+    nesting = max(1, structure.max_plate_nesting)
+    tensors = param_tensors(*traces)
+    step = Step(*calls, {k: v for k, v in tensors.items() if v.requires_grad}, config, nesting)
+    # every rank starts from rank 0's values, the frozen ones and module buffers included
+    distributed.broadcast_state(list(tensors.values()), (model, guide))
     return step
 
 
@@ -289,9 +297,11 @@ def fit(
     train, test, dynamic = _inputs(data, model)
     train, test = train.to(device), None if test is None else test.to(device)
     step = training_step(model, guide, train, config, dynamic=dynamic)
+    distributed.same_everywhere(_fingerprint(test), "test data (shape, sum)")
     n, b = train.shape[0], min(config.batch_size, train.shape[0])
     pyro.set_rng_seed(config.seed + distributed.ranks().rank)  # each rank its own draws
     status = _Progress(rows=[])
+    distributed.same_everywhere(bool(resume), "resume flag")
     if resume:
         if checkpoint is None or not os.path.exists(checkpoint):
             raise ConfigError(f"nothing to resume: no checkpoint at {checkpoint}")
@@ -310,8 +320,9 @@ def fit(
     steps = n // b
     shown = sys.stderr.isatty() if progress is None else progress
     with (
-        distributed.scoring_together(),  # every rank scores its share of the test set
-        _DeferredInterrupt().installed() as interrupt,
+        _DeferredInterrupt(
+            _DeferredInterrupt.BURST if step.world > 1 else 0.0
+        ).installed() as interrupt,
         tqdm(
             total=config.epochs * steps,
             initial=status.epoch * steps + status.step,

@@ -9,8 +9,10 @@ ranks, and the ELBO of one process within Monte Carlo noise.
 """
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -55,33 +57,94 @@ def test_two_ranks_take_the_steps_of_one_process_with_the_global_batch(tmp_path)
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
     history = [pd.read_csv(o / "history.csv") for o in (one, two)]
     assert history[1].train_elbo.tolist() == pytest.approx(history[0].train_elbo, rel=1e-5)
-    assert list(two.iterdir()) and not (two / "metrics.csv").read_text() == ""
+    assert sorted(f.name for f in two.iterdir()) == sorted(f.name for f in one.iterdir())
 
 
-def test_a_two_rank_run_resumes_to_the_uninterrupted_result(tmp_path):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert torchrun("train", "--out", straight, "--epochs", 3, *FAST).returncode == 0
-    assert torchrun("train", "--out", resumed, "--epochs", 2, *FAST).returncode == 0
-    proc = torchrun("train", "--out", resumed, "--resume", "--epochs", 3)
+SMALL_BATCHES = [*FAST, "--batch-size", "16"]  # 89 steps an epoch: the ranks look at step 50
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("straight") / "run"
+    proc = torchrun("train", "--out", out, "--epochs", 6, *SMALL_BATCHES)
     assert proc.returncode == 0, proc.stderr
-    expected, got = params(straight), params(resumed)
-    for name in expected:
-        assert torch.equal(got[name], expected[name]), name
+    return out
+
+
+def _same_run(got: Path, expected: Path) -> None:
+    for name, value in params(expected).items():
+        assert torch.equal(params(got)[name], value), name
+    pd.testing.assert_frame_equal(
+        pd.read_csv(got / "history.csv").drop(columns="seconds"),
+        pd.read_csv(expected / "history.csv").drop(columns="seconds"),
+    )
+
+
+def test_a_two_rank_run_resumes_to_the_uninterrupted_result(straight, tmp_path):
+    resumed = tmp_path / "resumed"
+    assert torchrun("train", "--out", resumed, "--epochs", 3, *SMALL_BATCHES).returncode == 0
+    proc = torchrun("train", "--out", resumed, "--resume", "--epochs", 6)
+    assert proc.returncode == 0, proc.stderr
+    _same_run(resumed, straight)
+
+
+def test_ctrl_c_under_torchrun_saves_where_the_ranks_stopped_and_resumes_exactly(
+    straight, tmp_path
+):
+    """A Ctrl-C in the terminal reaches torchrun and both ranks, and torchrun passes it on as
+    SIGINT and SIGTERM at once: the ranks stop together at their next look (step 50 of an
+    epoch, or its end) and save there."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
+    cmd += ["-m", "ppvae", "train", "--out", str(out), "--epochs", "6", *SMALL_BATCHES]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not (out / "history.csv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=120)
+    progress = ckpt.load(out / "checkpoint.pt")["progress"]
+    if progress["epoch"] == 6:
+        pytest.skip("the run finished before the signal arrived")
+    assert "interrupted; checkpoint saved" in stdout
+    assert progress["step"] in {0, 50}  # where the ranks look at their losses together
+    assert torchrun("train", "--out", out, "--resume").returncode == 0
+    _same_run(out, straight)
+
+
+def test_a_wrong_launch_is_one_line(tmp_path):
+    proc = torchrun("train", "--out", tmp_path / "run", "--epochs", 1, *FAST, "--batch-size", 127)
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("ppvae: error:")]
+    assert len(ours) == 1, proc.stderr
+    assert "the world size 2 does not divide the batch size 127" in ours[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_loss_that_diverges_on_the_ranks_is_reported_once(tmp_path):
+    proc = torchrun("train", "--out", tmp_path / "run", "--epochs", 2, *FAST, "--lr", "1e8")
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("ppvae: error:")]
+    assert len(ours) == 1 and "the loss became" in ours[0] and "at epoch" in ours[0], ours
 
 
 @pytest.mark.parametrize(
-    "flags,message",
+    "device,backend,message",
     [
-        (["--batch-size", "127"], "the world size 2 does not divide the batch size 127"),
-        (["--backend", "nccl"], "nccl"),
+        ("cpu", "nccl", "nccl"),
+        ("cpu", "mpi", "'mpi' is not available"),
     ],
 )
-def test_a_wrong_launch_is_one_line(tmp_path, flags, message):
-    proc = torchrun("train", "--out", tmp_path / "run", "--epochs", 1, *FAST, *flags)
-    assert proc.returncode != 0
-    ours = [line for line in proc.stderr.splitlines() if line.startswith("ppvae: error:")]
-    assert len(ours) == 1 and message in ours[0], proc.stderr
-    assert not (tmp_path / "run").exists()
+def test_a_backend_that_cannot_run_is_one_line(device, backend, message):
+    from ppvae.distributed import backend_for
+    from ppvae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        backend_for(torch.device(device), backend)
 
 
 def _worker(rank: int, world: int, folder: str, task: str) -> None:
@@ -147,11 +210,77 @@ def _rank_zero_alone():
     return log_likelihood(model, ExactPPCAGuide(model), x, num_samples=3).log_px
 
 
-TASKS = {"vae": _vae_fit, "scores": _sharded_scores, "rank0": _rank_zero_alone}
+def _scored_on_rank_zero_each_epoch():
+    """``if rank == 0: log_likelihood(...)`` inside ``on_epoch``, while the ranks train."""
+    from ppvae import FitConfig, fit, load_dataset, log_likelihood
+    from ppvae.baselines import ppca_mle
+    from ppvae.guides import ExactPPCAGuide
+    from ppvae.models import PPCA
+
+    data = load_dataset("digits")
+    model = PPCA(64, 3).set_params(*ppca_mle(data.train.double(), 3))
+    guide, scores = ExactPPCAGuide(model), []
+
+    def on_epoch(history):
+        if dist.get_rank() == 0:
+            scores.append(log_likelihood(model, guide, data.test[:20], num_samples=3).log_px)
+
+    fit(model, guide, data, FitConfig(epochs=2, batch_size=128, lr=1e-3), on_epoch=on_epoch)
+    return len(scores)
 
 
-def _spawn(task: str, folder: Path, world: int = 2) -> list:
-    mp.spawn(_worker, args=(world, str(folder), task), nprocs=world, join=True)
+def _mismatched_calls():
+    """What each rank is told when the ranks were given different data, or only one of them
+    was told to resume."""
+    from ppvae import ArchConfig, DataShape, FitConfig, fit, load_dataset
+    from ppvae.guides import GUIDES
+    from ppvae.models import MODELS
+
+    rank, config = dist.get_rank(), FitConfig(epochs=1, batch_size=64, device="cpu")
+    data = load_dataset("digits", binarize="static")
+    arch, shape = ArchConfig(z_dim=2, hidden=(8,)), DataShape(64, None, 1437)
+    pair = MODELS["bernoulli"](arch, shape), None
+    pair = pair[0], GUIDES["diag"](arch, shape, pair[0])
+    errors = []
+    for data_, resume in [(data.train[: 1437 - 100 * rank], False), (data, rank == 0)]:
+        try:
+            fit(*pair, data_, config, checkpoint="/nonexistent/ckpt.pt", resume=resume)
+        except ValueError as err:
+            errors.append(str(err))
+    return errors
+
+
+def _gradients_some_ranks_reach():
+    """Parameter a is reached on every rank, b on rank 1 only, c on none."""
+    from ppvae.distributed import average_gradients
+
+    rank = dist.get_rank()
+    a, b, c = (torch.zeros(2, requires_grad=True) for _ in range(3))
+    loss = (a * (rank + 1)).sum() + (b * 4 * rank).sum()
+    loss.backward()
+    average_gradients([a, b, c], world=2)
+    return a.grad, b.grad, c.grad
+
+
+TASKS = {
+    "vae": _vae_fit,
+    "scores": _sharded_scores,
+    "rank0": _rank_zero_alone,
+    "on_epoch": _scored_on_rank_zero_each_epoch,
+    "mismatch": _mismatched_calls,
+    "grads": _gradients_some_ranks_reach,
+}
+
+
+def _spawn(task: str, folder: Path, world: int = 2, timeout: float = 240) -> list:
+    """Run ``task`` on ``world`` gloo ranks; fail (not hang) if they wait on each other."""
+    context = mp.spawn(_worker, args=(world, str(folder), task), nprocs=world, join=False)
+    deadline = time.time() + timeout
+    while not context.join(timeout=1):
+        if time.time() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{task}: the ranks were still running after {timeout} s (a hang)")
     return [torch.load(folder / f"{task}-{r}.pt", weights_only=False) for r in range(world)]
 
 
@@ -176,3 +305,21 @@ def test_sharded_evaluation_equals_one_process(tmp_path):
         for key in ("log_px", "elbo", "one_row"):
             assert rank[key].shape == alone[key].shape
             torch.testing.assert_close(rank[key], alone[key], rtol=0, atol=1e-9)
+
+
+def test_scoring_on_rank_zero_inside_on_epoch_does_not_wait_for_the_others(tmp_path):
+    assert _spawn("on_epoch", tmp_path, timeout=120) == [2, 0]
+
+
+def test_ranks_given_different_data_or_resume_flags_are_told_so(tmp_path):
+    for errors in _spawn("mismatch", tmp_path):
+        assert len(errors) == 2, errors
+        assert "every rank must be given the same training data" in errors[0]
+        assert "every rank must be given the same resume flag" in errors[1]
+
+
+def test_a_gradient_some_ranks_reach_is_averaged_and_one_none_reach_stays_none(tmp_path):
+    for a, b, c in _spawn("grads", tmp_path):
+        assert torch.equal(a, torch.full((2,), 1.5))  # (1 + 2) / 2
+        assert torch.equal(b, torch.full((2,), 2.0))  # (0 + 4) / 2: rank 0 counts zero
+        assert c is None  # as on one process: Adam leaves it alone

@@ -261,6 +261,16 @@ def test_compare_with_a_diverging_learning_rate_is_one_line(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def test_compare_names_the_learning_rate_when_ppca_svi_ends_with_no_noise(tmp_path):
+    """200 rows, one epoch at lr 1000: the loss stays finite but sigma2 underflows to 0."""
+    proc = ppvae(
+        "compare", "--out", tmp_path / "c", "--lr", "1000", "--epochs", "1", "--hidden", "16",
+        "--train-size", "200", "--test-size", "100", "--eval-samples", "10",
+    )  # fmt: skip
+    one_line_error(proc, "ppca-svi: training drove sigma2 to 0: the learning rate 1000.0")
+    assert not (tmp_path / "c").exists()
+
+
 # --- conventions ---
 
 
@@ -268,6 +278,14 @@ def test_version_and_clean_help():
     assert ppvae("--version").stdout.strip().startswith("ppvae ")
     text = ppvae("train", "--help").stdout
     assert ".;" not in text and "``" not in text
+    headings = [line for line in text.splitlines() if line and line[0].isalpha()]
+    assert len(headings) == len(set(headings))  # one "data:" group, not two
+    from ppvae.cli.common import describe
+    from ppvae.guides import GUIDES
+    from ppvae.models import MODELS
+
+    for registry in (MODELS, GUIDES):  # each description a whole first line, not cut short
+        assert not any(part.endswith(":") for part in describe(registry).split("; "))
     assert "mixture-prior" in text and "enum" in text
 
 
@@ -306,10 +324,10 @@ def _start_and_stop(out: Path, sig: int, twice: bool = False) -> subprocess.Pope
     return proc
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "double ctrl-c", "kill -9"])
+@pytest.mark.parametrize("how", ["ctrl-c", "double ctrl-c", "sigterm", "kill -9"])
 def test_a_stopped_run_resumes_to_the_uninterrupted_result(uninterrupted, tmp_path, how):
     out = tmp_path / "run"
-    sig = signal.SIGKILL if how == "kill -9" else signal.SIGINT
+    sig = {"kill -9": signal.SIGKILL, "sigterm": signal.SIGTERM}.get(how, signal.SIGINT)
     proc = _start_and_stop(out, sig, twice=how == "double ctrl-c")
     assert proc.returncode in {130, -signal.SIGKILL, 0}, proc.returncode
     if proc.returncode == 0:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from ppvae.cli import compare, gradients, train
 from ppvae.cli.common import provided
 from ppvae.distributed import main_process, rank_label
-from ppvae.errors import PPVAEError, TrainingError, first_line
+from ppvae.errors import PPVAEError, first_line
 
 SUBCOMMANDS = [train.add, gradients.add, compare.add]
 
@@ -47,9 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PPVAEError as err:
         if debug:
             raise
-        # under torchrun every rank finds a mistake in the input, and rank 0 says it; a
-        # failure of training can be one rank's own, and that rank says it
-        if main_process() or isinstance(err, TrainingError):
+        # under torchrun every rank finds a mistake in the input, and rank 0 says it; an
+        # error one rank can meet alone (a failed step) that rank says
+        if main_process() or not err.every_rank:
             print(f"ppvae: error: {rank_label()}{first_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

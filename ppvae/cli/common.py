@@ -26,7 +26,8 @@ def describe_objectives() -> str:
     return "; ".join(f"{k}: {one_line(o.description)}" for k, o in OBJECTIVES.items())
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
+def add_data_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The data flags, in a group "data" (returned, for a command's own data flags)."""
     g = p.add_argument_group("data")
     g.add_argument(
         "--dataset",
@@ -46,6 +47,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         help="root holding the dataset files "
         "(else $PPVAE_DATA_DIR, the Debian package, ~/.cache/ppvae)",
     )
+    return g
 
 
 def add_arch_args(p: argparse.ArgumentParser) -> None:

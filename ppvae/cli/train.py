@@ -106,8 +106,7 @@ def add(sub) -> None:
         "checkpoint.pt, metrics.csv and PNG pictures to --out. Ctrl-C saves a checkpoint; "
         "--resume continues it with the saved settings (only --epochs may be raised).",
     )
-    add_data_args(p)
-    p.add_argument_group("data").add_argument(
+    add_data_args(p).add_argument(
         "--missing-rate",
         type=float,
         default=0.0,
