@@ -54,6 +54,7 @@ from ppvae.errors import PPVAEError, TrainingError, first_line
 from ppvae.evaluate import bits_per_dim, elbo_terms, log_likelihood
 from ppvae.guides import GUIDES
 from ppvae.models import MODELS
+from ppvae.outputs import make_dir
 from ppvae.train import FitConfig, fit, resolve_device
 
 LEVELS: dict[str, int] = {"digits": 17, "fashion-mnist": 256, "mnist": 256}
@@ -136,7 +137,12 @@ class CompareConfig(JsonConfig):
         unknown = [m for m in self.methods if m not in known]
         if unknown:
             choices = ", ".join(known)
-            raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from: {choices}")
+            other = MISSING_METHODS if known is METHODS else METHODS
+            switch = "add --missing-rate R" if known is METHODS else "leave out --missing-rate"
+            hint = f" ({switch} for {', '.join(unknown)})" if set(unknown) <= set(other) else ""
+            raise ConfigError(
+                f"unknown method(s) {', '.join(unknown)}; choose from: {choices}{hint}"
+            )
         if self.dataset not in DATASETS:
             choices = ", ".join(DATASETS)
             raise ConfigError(f"unknown dataset '{self.dataset}'; choose one of: {choices}")
@@ -392,7 +398,9 @@ def to_markdown(frame: pd.DataFrame, title: str) -> str:
     table = shown.to_markdown(index=False, floatfmt=".3f", missingval="n/a")
     methods = MISSING_METHODS if "imputation_rmse" in frame else METHODS
     legend = "\n".join(
-        f"- `{k}`: {(f.__doc__ or '').strip().splitlines()[0]}" for k, f in methods.items()
+        f"- `{k}`: {(f.__doc__ or '').strip().splitlines()[0]}"
+        for k, f in methods.items()
+        if k in set(frame.method)  # the rows the table has
     )
     return f"{title}\n\n{table}\n\n{legend}\n"
 
@@ -402,7 +410,7 @@ def write(frame: pd.DataFrame, out: str | Path, title: str, stem: str = "compare
     out = Path(out)
     csv, md = out / f"{stem}.csv", out / f"{stem}.md"
     texts = {csv: frame.to_csv(index=False), md: to_markdown(frame, title)}
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     for path, text in texts.items():
         atomic_write_text(path, text)
     return list(texts)

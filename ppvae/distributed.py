@@ -22,6 +22,7 @@ On one process, every function here is the identity (or a no-op), so the same co
 import contextlib
 import contextvars
 import os
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -77,6 +78,8 @@ def from_environment(device: torch.device, backend: str = "auto"):
     block, and destroy it after; a single process is left alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1 or (dist.is_available() and dist.is_initialized()):
+        if backend != "auto":  # asked for by name: say now if it could not run
+            backend_for(device, backend)
         yield ranks()
         return
     name = backend_for(device, backend)
@@ -100,6 +103,19 @@ def local_device(device: torch.device) -> torch.device:
             "cuda (or auto), and each rank takes the GPU of its LOCAL_RANK"
         )
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def warn_if_not_initialized() -> None:
+    """Warn when torchrun started several processes but no process group joins them: each
+    would train a whole copy of the model on the whole data."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and ranks().world == 1:
+        warnings.warn(
+            f"torchrun started {world} processes (WORLD_SIZE), but torch.distributed is not "
+            "initialized: each trains its own copy. Call torch.distributed.init_process_group() "
+            "before fit to train them together.",
+            stacklevel=3,
+        )
 
 
 def same_everywhere(value, what: str) -> None:

@@ -278,8 +278,9 @@ def active_units(
     return int((variances > threshold).sum()), variances
 
 
-def bits_per_dim(nats: float, x_dim: int, levels: int | None = None) -> float:
-    """Negative log-likelihood per dimension in bits, from a log-likelihood per example in nats.
+def bits_per_dim(nats: float, x_dim: float, levels: int | None = None) -> float:
+    """Negative log-likelihood per dimension in bits, from a log-likelihood per example in nats
+    over ``x_dim`` dimensions (with missing entries: the mean number observed).
 
     With ``levels`` (256 for 8-bit pixels dequantized to [0, 1]), the density is rescaled to the
     integer grid first, the usual convention for continuous models of pixel data.
@@ -313,12 +314,20 @@ def evaluate(
         "log_px": log_px,
         "log_px_stderr": (ll.stderr.pow(2).sum().sqrt() / len(x)).item(),
         "log_px_sd": ll.log_px.std().item(),
-        "bits_per_dim": bits_per_dim(log_px, x.shape[1], levels),
+        "bits_per_dim": bits_per_dim(log_px, _scored_dims(x), levels),
         "num_samples": num_samples,
     }
     if idx is None:
         row["active_units"] = active_units(guide, x, plate=plate)[0]
     return pd.DataFrame([row])
+
+
+def _scored_dims(x: torch.Tensor) -> float:
+    """Dimensions per example that log p(x) scores: all of them, or with missing entries (NaN)
+    the observed ones on average (log p(x_obs) is over those alone)."""
+    if not x.is_floating_point() or not x.isnan().any():
+        return float(x.shape[1])
+    return (~x.isnan()).sum(1).double().mean().item()
 
 
 def _observed_mean(trace, plate: str, conditioned=()) -> torch.Tensor:

@@ -8,6 +8,7 @@ half-written folder and ``--overwrite`` never destroys a finished run for nothin
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from ppvae.errors import OutputError, first_line
@@ -23,7 +24,8 @@ def _nearest_existing(path: Path) -> Path:
 def check_output_dir(out: str | os.PathLike) -> Path:
     """Raise OutputError unless ``out`` is (or can become) a folder this process may write.
 
-    Writes nothing. Returns ``out`` as a Path.
+    Leaves nothing behind (it creates and removes an empty folder, which catches what
+    permissions alone do not: a read-only file system, ``/proc``). Returns ``out`` as a Path.
 
     Examples
     --------
@@ -41,6 +43,10 @@ def check_output_dir(out: str | os.PathLike) -> Path:
         raise OutputError(f"cannot write to {out}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write to {out}: no permission to write in {existing}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ppvae-probe-", dir=existing))
+    except OSError as err:
+        raise OutputError(f"cannot write to {out}: {first_line(err)}") from None
     return out
 
 

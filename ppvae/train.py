@@ -293,6 +293,7 @@ def fit(
         with nothing observed), the wrong rank, or values outside [0, 1] for a Bernoulli-type
         likelihood.
     """
+    distributed.warn_if_not_initialized()
     device = distributed.local_device(resolve_device(config.device))
     train, test, dynamic = _inputs(data, model)
     train, test = train.to(device), None if test is None else test.to(device)

@@ -101,6 +101,11 @@ def test_cli_writes_csv_and_markdown(tmp_path, capsys):
     assert all(f"| {name}" in md for name in METHODS)
     assert md.count("n/a") == 3  # no ELBO for the closed form and the two EM fits
     assert str(out / "digits.csv") in capsys.readouterr().out
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["compare", "--out", str(out), "--stem", "digits", *TINY_ARGS]) == 2
+    assert "digits.csv exists: pass --overwrite" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+    assert main(["compare", "--out", str(out), "--stem", "digits", "--overwrite", *TINY_ARGS]) == 0
 
 
 @pytest.mark.parametrize(

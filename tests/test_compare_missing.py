@@ -48,6 +48,24 @@ def test_mean_imputation_row_is_its_closed_form(table, masked):
     assert table.set_index("method").loc["mean", "imputation_rmse"] == pytest.approx(rmse)
 
 
+def test_mean_row_log_likelihood_is_independent_gaussians_on_the_observed_entries(table, masked):
+    x = masked.train.double()
+    mean = torch.nanmean(x, dim=0)
+    sd = torch.nanmean((x - mean).square(), dim=0).clamp(min=1e-6).sqrt()
+    observed = ~masked.test.isnan()
+    lp = torch.distributions.Normal(mean, sd).log_prob(masked.test.double().nan_to_num())
+    expected = (lp * observed).sum(1).mean().item()
+    assert table.set_index("method").loc["mean", "log_px"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_legend_lists_the_rows_of_the_table(table):
+    from ppvae.compare import to_markdown
+
+    text = to_markdown(table[table.method.isin(["mean", "ppca-em"])], "title")
+    assert "- `mean`:" in text and "- `ppca-em`:" in text
+    assert "- `mppca`:" not in text and "- `vae`:" not in text
+
+
 def test_ppca_em_row_is_the_exact_observed_data_likelihood(table, masked):
     em = EMPPCA(MISSING.z_dim, max_iter=MISSING.em_max_iter, tol=MISSING.em_tol, seed=0)
     model = em.fit(masked.train)
@@ -66,6 +84,10 @@ def test_the_cli_writes_the_table_and_refuses_a_bad_rate(tmp_path, capsys):
     assert "missing_rate must be in [0, 1)" in capsys.readouterr().err
     with pytest.raises(ConfigError):
         CompareConfig(missing_rate=-0.1)
+    with pytest.raises(ConfigError, match=r"add --missing-rate R for mean\)"):
+        CompareConfig(methods=("mean",))
+    with pytest.raises(ConfigError, match=r"leave out --missing-rate for ppca\)"):
+        CompareConfig(missing_rate=0.2, methods=("ppca",))
 
 
 def test_train_with_missing_entries_reports_the_imputation_error(tmp_path, capsys):

@@ -110,7 +110,9 @@ def test_ctrl_c_under_torchrun_saves_where_the_ranks_stopped_and_resumes_exactly
     progress = ckpt.load(out / "checkpoint.pt")["progress"]
     if progress["epoch"] == 6:
         pytest.skip("the run finished before the signal arrived")
-    assert "interrupted; checkpoint saved" in stdout
+    assert (
+        f"Continue with: torchrun --nproc-per-node 2 -m ppvae train --out {out} --resume" in stdout
+    )
     assert progress["step"] in {0, 50}  # where the ranks look at their losses together
     assert torchrun("train", "--out", out, "--resume").returncode == 0
     _same_run(out, straight)
@@ -130,6 +132,28 @@ def test_a_loss_that_diverges_on_the_ranks_is_reported_once(tmp_path):
     assert proc.returncode != 0
     ours = [line for line in proc.stderr.splitlines() if line.startswith("ppvae: error:")]
     assert len(ours) == 1 and "the loss became" in ours[0] and "at epoch" in ours[0], ours
+
+
+def test_a_backend_named_on_one_process_is_checked_too(tmp_path, capsys):
+    from ppvae.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--backend", "nccl", "--device", "cpu"]) == 2
+    assert "the nccl backend needs CUDA devices" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_fit_warns_when_torchrun_started_processes_that_no_group_joins(monkeypatch):
+    from ppvae import FitConfig, fit, load_dataset
+    from ppvae.baselines import ppca_mle
+    from ppvae.guides import ExactPPCAGuide
+    from ppvae.models import PPCA
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    x = load_dataset("digits").train[:64]
+    model = PPCA(64, 2).set_params(*ppca_mle(x.double(), 2))
+    with pytest.warns(UserWarning, match="torchrun started 2 processes .* each trains its own"):
+        fit(model, ExactPPCAGuide(model), x, FitConfig(epochs=1, batch_size=32, device="cpu"))
 
 
 @pytest.mark.parametrize(

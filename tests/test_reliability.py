@@ -144,6 +144,16 @@ def test_an_output_that_is_a_file_is_one_line(tmp_path, command):
     assert target.read_text() == "not a folder"
 
 
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+def test_an_output_where_no_folder_can_be_made_is_refused_before_any_work():
+    """/proc passes a permission check, and refuses mkdir: the probe finds it out."""
+    from ppvae.errors import OutputError
+    from ppvae.outputs import check_output_dir
+
+    with pytest.raises(OutputError, match="cannot write to /proc/ppvae-run"):
+        check_output_dir("/proc/ppvae-run")
+
+
 def test_an_output_folder_with_other_files_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     one_line_error(ppvae("train", "--out", tmp_path, *TINY), "holds other files and no run")

@@ -2,6 +2,7 @@
 
 from ppvae.compare import CompareConfig, caption, compare, prepare, write
 from ppvae.data import DATASETS
+from ppvae.errors import OutputError
 from ppvae.outputs import check_output_dir
 
 
@@ -15,7 +16,10 @@ def run(args, given: set[str]) -> int:
         missing_rate=args.missing_rate, num_particles=args.num_particles,
         methods=tuple(args.methods or ()),
     )  # fmt: skip
-    check_output_dir(args.out)
+    out = check_output_dir(args.out)
+    taken = [f for f in (out / f"{args.stem}.csv", out / f"{args.stem}.md") if f.exists()]
+    if taken and not args.overwrite:
+        raise OutputError(f"{taken[0]} exists: pass --overwrite to replace it, or --stem NAME")
     split = prepare(config)
     frame = compare(config, split=split)
     title = caption(config, split)
@@ -67,4 +71,5 @@ def add(sub) -> None:
     p.add_argument("--device", default=c.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", default="runs/compare", help="output folder (%(default)s)")
     p.add_argument("--stem", default="compare", help="file name stem (%(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace <out>/<stem>.csv and .md")
     p.set_defaults(func=run, parser=p)

@@ -1,5 +1,6 @@
 """``ppvae train``: train a model and guide by SVI and write a run directory."""
 
+import os
 from pathlib import Path
 
 from ppvae import distributed
@@ -81,7 +82,9 @@ def run(args, given: set[str]) -> int:
         return 130 if result.fit.interrupted else 0
     out = Path(args.out)
     if result.fit.interrupted:
-        print(f"interrupted; checkpoint saved. Continue with: ppvae train --out {out} --resume")
+        world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: resume with as many
+        launch = f"torchrun --nproc-per-node {world} -m ppvae" if world > 1 else "ppvae"
+        print(f"interrupted; checkpoint saved. Continue with: {launch} train --out {out} --resume")
         return 130
     if len(result.fit.history):
         last = result.fit.history.iloc[-1]
