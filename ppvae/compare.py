@@ -46,8 +46,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ppvae.baselines import EMPPCA, PPCA, MixturePPCA, ppca_log_prob
-from ppvae.compare_missing import METHODS as MISSING_METHODS
-from ppvae.compare_missing import compare_missing
 from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig, atomic_write_text
 from ppvae.data import DATASETS, dequantize, load_dataset
 from ppvae.errors import PPVAEError, TrainingError, first_line
@@ -133,6 +131,8 @@ class CompareConfig(JsonConfig):
         if not 0 <= self.missing_rate < 1:
             raise ConfigError(f"missing_rate must be in [0, 1), got {self.missing_rate}")
         _at_least(self, "num_particles", 1)
+        from ppvae.compare_missing import METHODS as MISSING_METHODS  # (it imports this one)
+
         known = MISSING_METHODS if self.missing_rate else METHODS
         unknown = [m for m in self.methods if m not in known]
         if unknown:
@@ -250,18 +250,20 @@ def mixture_ppca(split: Split, config: CompareConfig) -> Row:
     return _exact(model.log_prob(split.test), seconds)
 
 
-def _svi(model_key: str, guide_key: str, split: Split, config: CompareConfig):
+def _svi(model_key: str, guide_key: str, split, config: CompareConfig, **options):
     """Build a model and guide by registry key and train them by SVI on the float32 data
-    (from an empty param store: each row is a fresh fit)."""
+    (from an empty param store: each row is a fresh fit); ``options`` go to the FitConfig.
+    With missing entries (NaN) in ``split.train``, the model leaves them out."""
     pyro.clear_param_store()
     torch.manual_seed(config.seed)
     arch = ArchConfig(z_dim=config.z_dim, hidden=config.hidden)
-    shape = DataShape(split.train.shape[1], split.image_shape, split.train.shape[0])
+    missing = bool(split.train.isnan().any())
+    shape = DataShape(split.train.shape[1], split.image_shape, len(split.train), missing=missing)
     model = MODELS[model_key](arch, shape)
     guide = GUIDES[guide_key](arch, shape, model)
     fit_config = FitConfig(
         epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-        device=str(split.train.device),
+        device=str(split.train.device), **options,
     )  # fmt: skip
     result, seconds = _timed(
         lambda: fit(model, guide, split.train.float(), fit_config, progress=False)
@@ -290,10 +292,16 @@ def ppca_svi(split: Split, config: CompareConfig) -> Row:
     return _exact(log_px, seconds, elbo=_analytic_elbo(model, guide, split.test.float()))
 
 
-def _sampled(model, guide, split: Split, config: CompareConfig, elbo: float, seconds) -> Row:
-    ll = log_likelihood(model, guide, split.test.float(), num_samples=config.eval_samples)
+def _sampled_mean(model, guide, x: Tensor, config: CompareConfig) -> tuple[float, float, str]:
+    """The importance-sampled mean log p(x) over the rows of ``x``, its Monte Carlo standard
+    error, and the estimator's name."""
+    ll = log_likelihood(model, guide, x.float(), num_samples=config.eval_samples)
     stderr = (ll.stderr.double().square().sum().sqrt() / len(ll.stderr)).item()
-    return Row(ll.log_px.double().mean().item(), stderr, f"IS K={ll.num_samples}", elbo, seconds)
+    return ll.log_px.double().mean().item(), stderr, f"IS K={ll.num_samples}"
+
+
+def _sampled(model, guide, split: Split, config: CompareConfig, elbo: float, seconds) -> Row:
+    return Row(*_sampled_mean(model, guide, split.test, config), elbo, seconds)
 
 
 def linear_vae(split: Split, config: CompareConfig) -> Row:
@@ -352,7 +360,9 @@ def compare(
             yield name, method
 
     if config.missing_rate > 0:
-        return compare_missing(config, split, _score, bar)
+        from ppvae.compare_missing import compare_missing  # (it imports this module)
+
+        return compare_missing(config, split, bar)
     chosen = {k: m for k, m in METHODS.items() if not config.methods or k in config.methods}
     rows = []
     for name, method in bar(chosen.items()):
@@ -396,6 +406,8 @@ def to_markdown(frame: pd.DataFrame, title: str) -> str:
     """The table as markdown under a caption, with a legend from the methods' docstrings."""
     shown = frame.astype(object).where(frame.notna(), None)  # tabulate prints None as n/a
     table = shown.to_markdown(index=False, floatfmt=".3f", missingval="n/a")
+    from ppvae.compare_missing import METHODS as MISSING_METHODS
+
     methods = MISSING_METHODS if "imputation_rmse" in frame else METHODS
     legend = "\n".join(
         f"- `{k}`: {(f.__doc__ or '').strip().splitlines()[0]}"

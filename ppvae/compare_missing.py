@@ -27,23 +27,17 @@ Methods:
 """
 
 import math
-import time
 from collections.abc import Callable
 from typing import NamedTuple
 
 import pandas as pd
-import pyro
 import torch
 from torch import Tensor
 
 from ppvae.baselines import EMPPCA, MixturePPCA, imputation_rmse, observed_column_means
-from ppvae.config import ArchConfig, DataShape
-from ppvae.evaluate import log_likelihood
-from ppvae.guides import GUIDES
+from ppvae.compare import _sampled_mean, _score, _svi, _timed
 from ppvae.imputation import impute
 from ppvae.missing import mcar_split
-from ppvae.models import MODELS
-from ppvae.train import FitConfig, fit
 
 COLUMNS = ["method", "log_px", "log_px_stderr", "estimator", "imputation_rmse", "fit_seconds"]
 
@@ -76,12 +70,6 @@ class MissingRow(NamedTuple):
     estimator: str
     imputation_rmse: float
     fit_seconds: float
-
-
-def _timed(fn: Callable):
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
 
 
 def _rmse(split: MaskedSplit, imputed: Tensor) -> float:
@@ -128,26 +116,12 @@ def miwae(split: MaskedSplit, config) -> MissingRow:
 
     It imputes by importance-weighted conditional means.
     """
-    pyro.clear_param_store()
-    torch.manual_seed(config.seed)
-    arch = ArchConfig(z_dim=config.z_dim, hidden=config.hidden)
-    shape = DataShape(split.train.shape[1], split.image_shape, len(split.train), missing=True)
-    model = MODELS["gaussian-learned"](arch, shape)
-    guide = GUIDES["masked-diag"](arch, shape, model)
-    fit_config = FitConfig(
-        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-        objective="iwae", num_particles=config.num_particles, device=str(split.train.device),
-    )  # fmt: skip
-    train, test = split.train.float(), split.test.float()
-    result, seconds = _timed(lambda: fit(model, guide, train, fit_config, progress=False))
-    if result.interrupted:
-        raise KeyboardInterrupt
-    ll = log_likelihood(model, guide, test, num_samples=config.eval_samples)
-    stderr = (ll.stderr.double().square().sum().sqrt() / len(ll.stderr)).item()
-    imputed = impute(model, guide, test, num_samples=config.eval_samples).mean
+    options = {"objective": "iwae", "num_particles": config.num_particles}
+    model, guide, seconds = _svi("gaussian-learned", "masked-diag", split, config, **options)
+    log_px, stderr, estimator = _sampled_mean(model, guide, split.test, config)
+    imputed = impute(model, guide, split.test.float(), num_samples=config.eval_samples).mean
     rmse = _rmse(split, imputed.to(split.test_complete))
-    row = (ll.log_px.double().mean().item(), stderr, f"IS K={ll.num_samples}", rmse, seconds)
-    return MissingRow(*row)
+    return MissingRow(log_px, stderr, estimator, rmse, seconds)
 
 
 METHODS: dict[str, Callable[[MaskedSplit, object], MissingRow]] = {
@@ -158,14 +132,14 @@ METHODS: dict[str, Callable[[MaskedSplit, object], MissingRow]] = {
 }
 
 
-def compare_missing(config, split, score: Callable, bar) -> pd.DataFrame:
+def compare_missing(config, split, bar=iter) -> pd.DataFrame:
     """The methods of :data:`METHODS` named by ``config.methods`` (all by default) on ``split``
     (a :class:`ppvae.compare.Split`) with ``config.missing_rate`` of the entries missing;
-    ``score(name, method, split, config)`` runs one and names it in its errors."""
+    ``bar`` wraps the (name, method) pairs (a progress bar)."""
     masked = mask(split, config.missing_rate, config.seed)
     chosen = {k: m for k, m in METHODS.items() if not config.methods or k in config.methods}
     rows = []
     for name, method in bar(chosen.items()):
-        row = score(name, method, masked, config)
+        row = _score(name, method, masked, config)
         rows.append({"method": name, **row._asdict()})
     return pd.DataFrame(rows, columns=COLUMNS)

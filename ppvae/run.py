@@ -257,9 +257,7 @@ def _resume(run: RunConfig, out: Path, progress) -> RunResult:
         _write_csv(pd.DataFrame(rows, columns=HISTORY_COLUMNS), out / HISTORY)
 
     def on_epoch(history: pd.DataFrame) -> None:
-        (out / METRICS).unlink(
-            missing_ok=True
-        )  # the run has moved past them; rewritten at the end
+        (out / METRICS).unlink(missing_ok=True)  # the run moved past them; rewritten at the end
         _write_csv(history, out / HISTORY)
 
     result = fit(
