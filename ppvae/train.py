@@ -195,9 +195,12 @@ def _inputs(data: Dataset | torch.Tensor, model):
     return train, test, dynamic
 
 
-def _fingerprint(x: torch.Tensor | None):
-    """Enough of a tensor to tell whether every rank was given the same one."""
-    return None if x is None else (tuple(x.shape), float(f"{x.double().nansum().item():.9g}"))
+def _same_on_every_rank(x: torch.Tensor | None, what: str) -> None:
+    """Under torch.distributed, ConfigError on every rank unless all were given the same
+    ``x`` (as far as its shape and sum tell)."""
+    if distributed.ranks().world > 1:
+        summary = None if x is None else (tuple(x.shape), f"{x.double().nansum().item():.9g}")
+        distributed.same_everywhere(summary, f"{what} (shape, sum)")
 
 
 def training_step(
@@ -214,7 +217,7 @@ def training_step(
     device = distributed.local_device(resolve_device(config.device))
     calls = batched(model, config.plate), batched(guide, config.plate)
     train = train.to(device)
-    distributed.same_everywhere(_fingerprint(train), "training data (shape, sum)")
+    _same_on_every_rank(train, "training data")
     x, batches = epoch_batches(train, dynamic, config, 0)
     batches = distributed.shard_batches(batches)  # this rank's share of each global batch
     batch = (x[batches[0]], batches[0])
@@ -298,7 +301,7 @@ def fit(
     train, test, dynamic = _inputs(data, model)
     train, test = train.to(device), None if test is None else test.to(device)
     step = training_step(model, guide, train, config, dynamic=dynamic)
-    distributed.same_everywhere(_fingerprint(test), "test data (shape, sum)")
+    _same_on_every_rank(test, "test data")
     n, b = train.shape[0], min(config.batch_size, train.shape[0])
     pyro.set_rng_seed(config.seed + distributed.ranks().rank)  # each rank its own draws
     status = _Progress(rows=[])
@@ -320,10 +323,9 @@ def fit(
 
     steps = n // b
     shown = sys.stderr.isatty() if progress is None else progress
+    burst = _DeferredInterrupt.BURST if step.world > 1 else 0.0  # torchrun's signals are one
     with (
-        _DeferredInterrupt(
-            _DeferredInterrupt.BURST if step.world > 1 else 0.0
-        ).installed() as interrupt,
+        _DeferredInterrupt(burst).installed() as interrupt,
         tqdm(
             total=config.epochs * steps,
             initial=status.epoch * steps + status.step,
