@@ -35,6 +35,19 @@ def cuda(test):
     return pytest.mark.cuda(skip(test))
 
 
+def assert_steps_never_synchronize(step, x: torch.Tensor, batch: int) -> None:
+    """Three CUDA steps on the first ``batch`` rows of ``x`` raise if any waits for the
+    device (after one warm-up step, whose allocations may synchronize once)."""
+    idx = torch.arange(batch, device=x.device)
+    step(x[idx], idx, len(x))
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            step(x[idx], idx, len(x))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def steps_then_sigint(monkeypatch, after: int):
     """Send SIGINT (Ctrl-C) to this process right after the training loop's ``after``-th step."""
     from ppvae.loop import Step

@@ -17,7 +17,7 @@ from ppvae.models import MODELS, PPCA
 from ppvae.objectives import OBJECTIVES
 from ppvae.pairs import batched
 from ppvae.train import training_step
-from tests.conftest import cuda
+from tests.conftest import assert_steps_never_synchronize, cuda
 
 N, B = 40, 8
 
@@ -151,14 +151,7 @@ def test_a_training_step_on_cuda_does_not_synchronize():
     guide = GUIDES["diag"](arch, shape, model)
     x = torch.rand(200, 64, device="cuda").round()
     step = training_step(model, guide, x, FitConfig(batch_size=32, device="cuda"))
-    idx = torch.arange(32, device="cuda")
-    step(x[idx], idx, 200)  # warm-up: allocations may synchronize once
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(3):
-            step(x[idx], idx, 200)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    assert_steps_never_synchronize(step, x, batch=32)
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")

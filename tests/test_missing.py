@@ -22,7 +22,7 @@ from ppvae.models.sites import LATENT, OBS, data_plate
 from ppvae.objectives import OBJECTIVES
 from ppvae.pairs import batched
 from ppvae.train import training_step
-from tests.conftest import cuda
+from tests.conftest import assert_steps_never_synchronize, cuda
 from tests.test_losses import _forbid_host_reads
 
 NAN = math.nan
@@ -281,14 +281,7 @@ def test_a_masked_training_step_on_cuda_does_not_synchronize():
     x = with_missing(torch.rand(200, 64).round(), mcar_mask((200, 64), 0.3, seeded(0))).cuda()
     config = FitConfig(objective="iwae", num_particles=3, batch_size=32, device="cuda")
     step = training_step(model, guide, x, config)
-    idx = torch.arange(32, device="cuda")
-    step(x[idx], idx, 200)  # warm-up: allocations may synchronize once
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(3):
-            step(x[idx], idx, 200)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    assert_steps_never_synchronize(step, x, batch=32)
 
 
 def independent_pixels(train: torch.Tensor, test: torch.Tensor) -> float:
