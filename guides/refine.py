@@ -46,7 +46,8 @@ class FreeGuide:
     """q(z_n) with free parameters for every row n of a fixed set of examples.
 
     Called ``(x, idx=None, num_data=None)``: ``idx`` (default all rows) picks the rows, each
-    site is sampled inside ``pyro.plate(plate, N, subsample=idx)``. Build one from a guide's
+    site is sampled inside ``pyro.plate(plate, num_data or len(idx), subsample=idx)``, the
+    plate the catalogue models open. Build one from a guide's
     output with :func:`free_guide`.
 
     Examples
@@ -73,7 +74,10 @@ class FreeGuide:
 
     def __call__(self, x, idx=None, num_data=None):
         rows = torch.arange(self.num_rows, device=x.device) if idx is None else idx
-        with pyro.plate(self.plate, self.num_rows, subsample=rows):
+        # sized as the model's data plate is (the batch, or num_data), so any subset of rows
+        # (a probe, a chunk of an evaluation) scales both alike
+        size = rows.shape[0] if num_data is None else num_data
+        with pyro.plate(self.plate, size, subsample=rows):
             values = [pyro.sample(s.name, s.law([t[rows] for t in s.free])) for s in self.sites]
         return values[-1] if len(values) == 1 else values
 
