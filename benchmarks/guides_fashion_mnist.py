@@ -22,12 +22,12 @@ import pyro
 
 from ppvae.config import ArchConfig, DataShape, atomic_write_text
 from ppvae.data import load_dataset
-from ppvae.diagnostics import gradient_estimates, gradient_table, to_markdown
-from ppvae.evaluate import elbo_terms, log_likelihood
+from ppvae.evaluation.metrics import elbo_terms, log_likelihood
+from ppvae.experiments.gradients import gradient_estimates, gradient_table, to_markdown
 from ppvae.guides import GUIDES
 from ppvae.guides.refine import amortization_gap
+from ppvae.infer.fitting import FitConfig, fit, resolve_device
 from ppvae.models import MODELS
-from ppvae.train import FitConfig, fit, resolve_device
 
 RESULTS = Path(__file__).parent / "results"
 GUIDE_NAMES = ("diag", "full-cov", "flow")

@@ -9,7 +9,7 @@ encoder) with Adam at lr 1e-3 on statically binarized Fashion-MNIST:
 - ``hand, fused Adam``: the same with ``torch.optim.Adam(fused=True)``, as ``fit`` steps;
 - ``pyro tutorial``: Pyro's VAE tutorial loop: ``SVI`` with ``Trace_ELBO`` and
   ``pyro.optim.Adam``, batches from torchvision's dataset through a ``DataLoader``;
-- ``fit``: the step ``ppvae.fit`` takes (``ppvae.train.training_step``) with the default
+- ``fit``: the step ``ppvae.fit`` takes (``ppvae.infer.fitting.training_step``) with the default
   objective ``trace``: the ELBO from Pyro's traces (Monte Carlo KL), one fused Adam over the
   param store, no host synchronization;
 - ``fit jit``: the same step with ``FitConfig(jit=True)``: the loss compiled once by
@@ -40,8 +40,8 @@ from torch import nn
 from ppvae import ArchConfig, DataShape, FitConfig
 from ppvae.data import load_dataset, resolve_root
 from ppvae.guides import GUIDES, AmortizedGuide
+from ppvae.infer.fitting import resolve_device, training_step
 from ppvae.models import MODELS, VAE
-from ppvae.train import resolve_device, training_step
 
 RESULTS = Path(__file__).parent / "results"
 D, H, Q, LR = 784, 400, 50, 1e-3

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppvae.missing import observed
+from ppvae.data.missing import observed
 from ppvae.models.sites import LATENT, data_plate
 
 MIN_SCALE = 1e-5

@@ -7,7 +7,7 @@ from pyro.nn import PyroModule
 
 from ppvae.baselines.missing import observed_posterior
 from ppvae.baselines.ppca import ppca_posterior
-from ppvae.missing import observed
+from ppvae.data.missing import observed
 from ppvae.models.ppca import PPCA
 from ppvae.models.sites import LATENT, data_plate
 

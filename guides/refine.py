@@ -23,9 +23,9 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, TraceMeanField_ELBO
 from torch.distributions import transform_to
 
-from ppvae.evaluate import elbo_terms
+from ppvae.evaluation.metrics import elbo_terms
 from ppvae.pairs import DEFAULT_PLATE, aside, batched, data_frame, sample_sites
-from ppvae.scoring import scored_pair
+from ppvae.pairs.scoring import scored_pair
 
 PARAMETERS = {
     dist.MultivariateNormal: ("loc", "scale_tril"),

@@ -5,7 +5,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from ppvae.missing import observed
+from ppvae.data.missing import observed
 from ppvae.models.sites import LATENT, OBS, batch_rows, data_plate
 
 

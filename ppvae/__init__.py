@@ -14,12 +14,12 @@ The Python API in brief::
     print(evaluate(model, guide, data.test))
 """
 
-from ppvae.checker import ModelGuideError, check, problems
 from ppvae.config import ArchConfig, ConfigError, DataShape
 from ppvae.data import DataError, Dataset, load_dataset
-from ppvae.evaluate import elbo_terms, evaluate, log_likelihood
-from ppvae.run import LoadedRun, RunConfig, load_run
-from ppvae.train import FitConfig, FitResult, TrainingError, fit
+from ppvae.evaluation.metrics import elbo_terms, evaluate, log_likelihood
+from ppvae.experiments.run import LoadedRun, RunConfig, load_run
+from ppvae.infer.fitting import FitConfig, FitResult, TrainingError, fit
+from ppvae.pairs.checker import ModelGuideError, check, problems
 
 __version__ = "0.1.0"
 

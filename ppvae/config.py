@@ -1,7 +1,7 @@
 """Frozen, typed configs with a JSON round trip (the pythae pattern, without string switches).
 
 Names that pick a model, guide, objective or data set are keys of the registries
-(``ppvae.models.MODELS``, ``ppvae.guides.GUIDES``, ``ppvae.objectives.OBJECTIVES``,
+(``ppvae.models.MODELS``, ``ppvae.guides.GUIDES``, ``ppvae.pairs.objectives.OBJECTIVES``,
 ``ppvae.data.DATASETS``); a config only records which key was chosen.
 """
 
@@ -54,7 +54,7 @@ class JsonConfig:
 
         Examples
         --------
-        >>> from ppvae.run import RunConfig
+        >>> from ppvae.experiments.run import RunConfig
         >>> RunConfig().leaves()["arch.hidden"]
         (400,)
         """

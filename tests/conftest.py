@@ -50,7 +50,7 @@ def assert_steps_never_synchronize(step, x: torch.Tensor, batch: int) -> None:
 
 def steps_then_sigint(monkeypatch, after: int):
     """Send SIGINT (Ctrl-C) to this process right after the training loop's ``after``-th step."""
-    from ppvae.loop import Step
+    from ppvae.infer.loop import Step
 
     calls = {"n": 0}
     step = Step.__call__

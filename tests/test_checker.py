@@ -11,7 +11,7 @@ from ppvae.config import ArchConfig, DataShape
 from ppvae.guides import GUIDES
 from ppvae.models import MODELS
 from ppvae.models.sites import DATA, LATENT, data_plate
-from ppvae.objectives import ScoreFunctionLatent
+from ppvae.pairs.objectives import ScoreFunctionLatent
 
 B, D, Q = 10, 64, 2
 

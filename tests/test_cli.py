@@ -9,9 +9,9 @@ import time
 import pandas as pd
 import pytest
 
-from ppvae import checkpoint as ckpt
 from ppvae.cli import main
-from ppvae.run import RunConfig
+from ppvae.experiments.run import RunConfig
+from ppvae.infer import checkpoint as ckpt
 
 FAST = ["--hidden", "16", "--eval-samples", "50", "--batch-size", "256"]
 

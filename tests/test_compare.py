@@ -8,7 +8,9 @@ import torch
 
 from ppvae.baselines import ppca_log_prob, ppca_mle
 from ppvae.cli import main
-from ppvae.compare import (
+from ppvae.config import ConfigError
+from ppvae.data import load_dataset
+from ppvae.experiments.compare import (
     COLUMNS,
     METHODS,
     CompareConfig,
@@ -17,8 +19,6 @@ from ppvae.compare import (
     ppca_closed_form,
     prepare,
 )
-from ppvae.config import ConfigError
-from ppvae.data import load_dataset
 from tests.conftest import cuda
 
 # few epochs and samples: these tests check the table, not how well SVI converges

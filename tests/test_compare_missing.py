@@ -8,9 +8,9 @@ import torch
 
 from ppvae.baselines import EMPPCA, observed_log_prob
 from ppvae.cli import main
-from ppvae.compare import CompareConfig, compare, prepare
-from ppvae.compare_missing import COLUMNS, METHODS, mask
 from ppvae.config import ConfigError
+from ppvae.experiments.compare import CompareConfig, compare, prepare
+from ppvae.experiments.compare_missing import COLUMNS, METHODS, mask
 from tests.test_compare import TINY, TINY_ARGS
 
 MISSING = dataclasses.replace(TINY, missing_rate=0.3, num_particles=3, em_max_iter=50)
@@ -59,7 +59,7 @@ def test_mean_row_log_likelihood_is_independent_gaussians_on_the_observed_entrie
 
 
 def test_the_legend_lists_the_rows_of_the_table(table):
-    from ppvae.compare import to_markdown
+    from ppvae.experiments.compare import to_markdown
 
     text = to_markdown(table[table.method.isin(["mean", "ppca-em"])], "title")
     assert "- `mean`:" in text and "- `ppca-em`:" in text

@@ -9,10 +9,15 @@ import torch
 from torch import nn
 
 from ppvae.cli import main
-from ppvae.diagnostics import TABLE_COLUMNS, GradientMoments, gradient_estimates, gradient_table
+from ppvae.experiments.gradients import (
+    TABLE_COLUMNS,
+    GradientMoments,
+    gradient_estimates,
+    gradient_table,
+)
 from ppvae.guides.amortized import AmortizedGuide, DiagonalNormalHead
 from ppvae.models.ppca import PPCA
-from ppvae.objectives import OBJECTIVES
+from ppvae.pairs.objectives import OBJECTIVES
 
 
 def test_table_reports_norms_variances_and_snr_per_group_and_in_total():

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ppvae import checkpoint as ckpt
+from ppvae.infer import checkpoint as ckpt
 
 FAST = ["--hidden", "16", "--eval-samples", "20", "--batch-size", "128", "--device", "cpu"]
 PPCA = ["--model", "ppca", "--guide", "ppca-exact", "--z-dim", "3", "--lr", "0.01"]

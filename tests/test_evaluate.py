@@ -9,14 +9,20 @@ import pytest
 import torch
 
 from ppvae.baselines import ppca_log_prob, ppca_posterior
-from ppvae.evaluate import active_units, bits_per_dim, elbo_terms, evaluate, log_likelihood
+from ppvae.evaluation.metrics import (
+    active_units,
+    bits_per_dim,
+    elbo_terms,
+    evaluate,
+    log_likelihood,
+)
 from ppvae.guides import ExactPPCAGuide
 from ppvae.models import PPCA
 from ppvae.models.sites import LATENT, data_plate
 from tests.conftest import cuda
 
-# the module itself: ``ppvae.evaluate`` as an attribute is the function ``evaluate``
-evaluation = importlib.import_module("ppvae.evaluate")
+# the module itself: ``ppvae.evaluation.metrics``
+evaluation = importlib.import_module("ppvae.evaluation.metrics")
 
 D, Q = 6, 2
 

@@ -15,9 +15,9 @@ from ppvae.baselines import impute as exact_impute
 from ppvae.baselines.missing import observed_posterior
 from ppvae.config import ArchConfig, ConfigError, DataShape
 from ppvae.data import DataError, load_dataset
+from ppvae.data.missing import mcar_mask, observed, with_missing
+from ppvae.evaluation.imputation import Imputation, _Block, _merge, impute
 from ppvae.guides import GUIDES
-from ppvae.imputation import Imputation, _Block, _merge, impute
-from ppvae.missing import mcar_mask, observed, with_missing
 from ppvae.models import MODELS, PPCA
 from ppvae.models.sites import LATENT, data_plate
 from tests.baselines.test_missing import dense_conditional
@@ -142,7 +142,9 @@ def test_blocks_of_samples_merge_into_the_summary_of_all_of_them():
 def test_blocks_and_chunks_of_rows_give_the_same_answer_within_its_stderr(ppca, rows, monkeypatch):
     model, params = ppca
     exact = exact_impute(rows, params)
-    monkeypatch.setattr("ppvae.imputation.MAX_ROWS", 64)  # blocks of 16 samples for 4 rows
+    monkeypatch.setattr(
+        "ppvae.evaluation.imputation.MAX_ROWS", 64
+    )  # blocks of 16 samples for 4 rows
     result = impute(model, OffGuide(model), rows, num_samples=200, multiple=2, generator=seeded(5))
     assert result.samples.shape == (2, 20, D)
     z = ((result.mean - exact) / result.stderr)[rows.isnan()]

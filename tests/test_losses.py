@@ -13,10 +13,10 @@ from torch import nn
 from ppvae import ArchConfig, DataShape, FitConfig
 from ppvae.guides import GUIDES
 from ppvae.guides.amortized import AmortizedGuide, DiagonalNormalHead
+from ppvae.infer.fitting import training_step
 from ppvae.models import MODELS, PPCA
-from ppvae.objectives import OBJECTIVES
 from ppvae.pairs import batched
-from ppvae.train import training_step
+from ppvae.pairs.objectives import OBJECTIVES
 from tests.conftest import assert_steps_never_synchronize, cuda
 
 N, B = 40, 8

@@ -12,16 +12,16 @@ import torch
 
 from ppvae import ArchConfig, DataShape, FitConfig, check, fit
 from ppvae.baselines import PPCAParams, observed_log_prob, ppca_log_prob
-from ppvae.checker import ModelGuideError
 from ppvae.data import DataError, binarize_sample, load_dataset, validate_data
-from ppvae.evaluate import elbo_terms, evaluate, log_likelihood
+from ppvae.data.missing import mcar_dataset, mcar_mask, observed, validate_missing, with_missing
+from ppvae.evaluation.metrics import elbo_terms, evaluate, log_likelihood
 from ppvae.guides import GUIDES
-from ppvae.missing import mcar_dataset, mcar_mask, observed, validate_missing, with_missing
+from ppvae.infer.fitting import training_step
 from ppvae.models import MODELS, PPCA
 from ppvae.models.sites import LATENT, OBS, data_plate
-from ppvae.objectives import OBJECTIVES
 from ppvae.pairs import batched
-from ppvae.train import training_step
+from ppvae.pairs.checker import ModelGuideError
+from ppvae.pairs.objectives import OBJECTIVES
 from tests.conftest import assert_steps_never_synchronize, cuda
 from tests.test_losses import _forbid_host_reads
 

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from ppvae.baselines.ppca import ppca_log_prob
-from ppvae.diagnostics import gradient_estimates
-from ppvae.evaluate import elbo_terms
+from ppvae.evaluation.metrics import elbo_terms
+from ppvae.experiments.gradients import gradient_estimates
 from ppvae.guides.amortized import AmortizedGuide, DiagonalNormalHead
 from ppvae.models.ppca import PPCA
-from ppvae.objectives import OBJECTIVES, LatentScale
+from ppvae.pairs.objectives import OBJECTIVES, LatentScale
 
 Z = 4.0
 """z-score beyond which a Monte Carlo mean counts as disagreeing with its reference."""

@@ -18,7 +18,7 @@ from ppvae.data import load_dataset
 from ppvae.guides import GUIDES
 from ppvae.models import MODELS
 from ppvae.models.sites import LATENT, OBS
-from ppvae.objectives import OBJECTIVES
+from ppvae.pairs.objectives import OBJECTIVES
 
 EXACT_ONLY_WITH = {"ppca-exact": {"ppca"}, "masked-ppca-exact": {"ppca"}}
 CONV = {"bernoulli", "gaussian", "gaussian-learned", "continuous-bernoulli"}

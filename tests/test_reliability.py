@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from ppvae import ArchConfig, DataShape, FitConfig, evaluate, fit, log_likelihood
-from ppvae import checkpoint as ckpt
 from ppvae.cli import main
 from ppvae.errors import CheckpointError, ConfigError, DataError
+from ppvae.experiments.run import RunConfig
 from ppvae.guides import GUIDES
+from ppvae.infer import checkpoint as ckpt
 from ppvae.models import MODELS
-from ppvae.run import RunConfig
 
 TINY = ["--hidden", "16", "--eval-samples", "20", "--batch-size", "256"]
 
@@ -148,7 +148,7 @@ def test_an_output_that_is_a_file_is_one_line(tmp_path, command):
 def test_an_output_where_no_folder_can_be_made_is_refused_before_any_work():
     """/proc passes a permission check, and refuses mkdir: the probe finds it out."""
     from ppvae.errors import OutputError
-    from ppvae.outputs import check_output_dir
+    from ppvae.experiments.outputs import check_output_dir
 
     with pytest.raises(OutputError, match="cannot write to /proc/ppvae-run"):
         check_output_dir("/proc/ppvae-run")
@@ -301,7 +301,9 @@ def test_version_and_clean_help():
 
 def test_the_library_does_not_import_the_command_line():
     """No cycle: the library modules never import ppvae.cli (the console script imports them)."""
-    imports = "import sys, ppvae.diagnostics, ppvae.compare, ppvae.run"
+    imports = (
+        "import sys, ppvae.experiments.gradients, ppvae.experiments.compare, ppvae.experiments.run"
+    )
     code = f"{imports}; print('ppvae.cli' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip() == "False", proc.stderr

@@ -4,14 +4,14 @@ import pyro
 import pytest
 import torch
 
-from ppvae import checkpoint as ckpt
 from ppvae.config import ArchConfig, ConfigError, DataShape
 from ppvae.data import DataError, load_dataset
-from ppvae.evaluate import elbo_terms
+from ppvae.evaluation.metrics import elbo_terms
 from ppvae.guides import GUIDES
-from ppvae.loop import Step
+from ppvae.infer import checkpoint as ckpt
+from ppvae.infer.fitting import FitConfig, TrainingError, fit
+from ppvae.infer.loop import Step
 from ppvae.models import MODELS
-from ppvae.train import FitConfig, TrainingError, fit
 from tests.conftest import cuda, steps_then_sigint
 
 ARCH = ArchConfig(z_dim=2, hidden=(32,))

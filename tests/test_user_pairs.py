@@ -28,7 +28,7 @@ from ppvae import (
 from ppvae.config import ArchConfig, DataShape
 from ppvae.guides import GUIDES
 from ppvae.guides.refine import refine
-from ppvae.loop import epoch_batches
+from ppvae.infer.loop import epoch_batches
 from ppvae.models import MODELS
 from ppvae.pairs import batched
 from tests.conftest import steps_then_sigint

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from ppvae.config import ArchConfig
 from ppvae.data import BINARIZATIONS, DATASETS
-from ppvae.objectives import OBJECTIVES
-from ppvae.train import FitConfig
+from ppvae.infer.fitting import FitConfig
+from ppvae.pairs.objectives import OBJECTIVES
 
 
 def one_line(text: str) -> str:

@@ -1,9 +1,9 @@
 """``ppvae compare``: PPCA, its EM fits and VAEs on one dataset, scored on one table."""
 
-from ppvae.compare import CompareConfig, caption, compare, prepare, write
 from ppvae.data import DATASETS
 from ppvae.errors import OutputError
-from ppvae.outputs import check_output_dir
+from ppvae.experiments.compare import CompareConfig, caption, compare, prepare, write
+from ppvae.experiments.outputs import check_output_dir
 
 
 def run(args, given: set[str]) -> int:

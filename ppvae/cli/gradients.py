@@ -6,22 +6,22 @@ from pathlib import Path
 
 import torch
 
-from ppvae.checker import check
 from ppvae.cli.common import add_arch_args, add_data_args, arch_config, describe
 from ppvae.config import ConfigError, DataShape
 from ppvae.data import load_dataset
-from ppvae.diagnostics import (
+from ppvae.experiments.gradients import (
     check_estimates,
     gradient_estimates,
     gradient_table,
     to_markdown,
     write_outputs,
 )
+from ppvae.experiments.outputs import check_output_dir
 from ppvae.guides import GUIDES
+from ppvae.infer.fitting import FitConfig, fit, resolve_device
 from ppvae.models import MODELS
-from ppvae.objectives import OBJECTIVES
-from ppvae.outputs import check_output_dir
-from ppvae.train import FitConfig, fit, resolve_device
+from ppvae.pairs.checker import check
+from ppvae.pairs.objectives import OBJECTIVES
 
 
 def _build_pair(args: argparse.Namespace, data):

@@ -14,15 +14,15 @@ from ppvae.cli.common import (
 )
 from ppvae.config import ConfigError
 from ppvae.guides import GUIDES
+from ppvae.infer.fitting import resolve_device
 from ppvae.models import MODELS
-from ppvae.train import resolve_device
 
 KEPT_ON_RESUME = {"out", "resume", "overwrite", "epochs", "debug", "func", "parser", "backend"}
 """Flags a resumed run may be given: everything else is the saved run's own."""
 
 
 def _new_config(args):
-    from ppvae.run import RunConfig
+    from ppvae.experiments.run import RunConfig
 
     return RunConfig(
         dataset=args.dataset,
@@ -45,7 +45,7 @@ def _flat(config) -> dict:
 
 def _resumed_config(args, given: set[str]):
     """The saved run's config; only a larger --epochs may change, any other flag is refused."""
-    from ppvae.run import CONFIG, RunConfig
+    from ppvae.experiments.run import CONFIG, RunConfig
 
     path = Path(args.out) / CONFIG
     if not path.exists():
@@ -72,7 +72,7 @@ def _resumed_config(args, given: set[str]):
 
 
 def run(args, given: set[str]) -> int:
-    from ppvae.run import train
+    from ppvae.experiments.run import train
 
     config = _resumed_config(args, given) if args.resume else _new_config(args)
     device = resolve_device(config.fit.device)

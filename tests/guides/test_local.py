@@ -7,7 +7,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from ppvae import ArchConfig, DataShape, FitConfig, fit, load_dataset
-from ppvae.evaluate import elbo_terms
+from ppvae.evaluation.metrics import elbo_terms
 from ppvae.guides import GUIDES
 from ppvae.guides.amortized import DiagonalNormalHead
 from ppvae.guides.local import LocalGuide

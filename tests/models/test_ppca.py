@@ -8,8 +8,8 @@ from pyro.infer import Trace_ELBO
 from ppvae.baselines import ppca_log_prob, ppca_mle, ppca_sample
 from ppvae.config import ArchConfig, DataShape
 from ppvae.guides import GUIDES, ExactPPCAGuide
+from ppvae.infer.fitting import FitConfig, fit
 from ppvae.models import PPCA
-from ppvae.train import FitConfig, fit
 
 D, Q, N = 5, 2, 500
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from ppvae import checkpoint as ckpt
 from ppvae import distributed
 from ppvae.config import ConfigError
-from ppvae.loop import Step, _Progress
+from ppvae.infer import checkpoint as ckpt
+from ppvae.infer.loop import Step, _Progress
 
 
 def state(progress: _Progress, model, guide, step: Step, config) -> dict[str, Any]:

@@ -13,22 +13,23 @@ import pandas as pd
 import pyro
 import torch
 
-from ppvae import checkpoint as ckpt
-from ppvae import distributed, plots
+from ppvae import distributed
 from ppvae.baselines import imputation_rmse
 from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig, atomic_write_text
 from ppvae.data import BINARIZATIONS, DATASETS, Dataset, load_dataset
+from ppvae.data.missing import mcar_dataset
 from ppvae.errors import OutputError, first_line
-from ppvae.evaluate import evaluate, generate, posterior_means, reconstruct
+from ppvae.evaluation.imputation import impute
+from ppvae.evaluation.metrics import evaluate, generate, posterior_means, reconstruct
+from ppvae.experiments import plots
+from ppvae.experiments.outputs import Staging, check_output_dir
 from ppvae.guides import GUIDES
-from ppvae.imputation import impute
-from ppvae.loop import HISTORY_COLUMNS
-from ppvae.missing import mcar_dataset
+from ppvae.infer import checkpoint as ckpt
+from ppvae.infer.fitting import FitConfig, FitResult, fit, resolve_device
+from ppvae.infer.loop import HISTORY_COLUMNS
+from ppvae.infer.resume import check_compatible
 from ppvae.models import MODELS
-from ppvae.outputs import Staging, check_output_dir
 from ppvae.pairs import place
-from ppvae.resume import check_compatible
-from ppvae.train import FitConfig, FitResult, fit, resolve_device
 
 CONFIG, HISTORY, CHECKPOINT, METRICS = "config.json", "history.csv", "checkpoint.pt", "metrics.csv"
 PICTURES = ("elbo.png", "reconstructions.png", "samples.png", "latent.png")

@@ -1,7 +1,7 @@
-"""The training loop behind :func:`ppvae.train.fit`: a lean optimizer step, epochs of index
+"""The training loop behind :func:`ppvae.infer.fitting.fit`: a lean optimizer step, epochs of index
 batches, finite-loss checks every few steps, Ctrl-C, checkpoints and exact resume.
 
-A step builds the objective's loss from Pyro's traces (:mod:`ppvae.losses`), backpropagates,
+A step builds the objective's loss from Pyro's traces (:mod:`ppvae.pairs.losses`), backpropagates,
 and steps one ``torch.optim.Adam`` over every parameter the pair registers in Pyro's param
 store (fused on CUDA, ``foreach`` on the CPU). The step's loss stays on the device: the loop
 reads the losses every :data:`CHECK_EVERY` steps and at the end of each epoch, and names the
@@ -27,8 +27,8 @@ from ppvae import distributed
 from ppvae.config import ConfigError
 from ppvae.data import binarize_sample
 from ppvae.errors import TrainingError, first_line  # TrainingError: also importable here
-from ppvae.evaluate import elbo_terms
-from ppvae.objectives import OBJECTIVES, LatentScale
+from ppvae.evaluation.metrics import elbo_terms
+from ppvae.pairs.objectives import OBJECTIVES, LatentScale
 
 CHECK_EVERY = 50
 """Steps between looks at the losses (each look waits for the device)."""
@@ -89,7 +89,7 @@ class Step:
     >>> from ppvae import ArchConfig, DataShape, FitConfig
     >>> from ppvae.guides import GUIDES
     >>> from ppvae.models import MODELS
-    >>> from ppvae.train import training_step
+    >>> from ppvae.infer.fitting import training_step
     >>> shape = DataShape(x_dim=64, image_shape=None, num_data=100)
     >>> model = MODELS["bernoulli"](ArchConfig(hidden=(8,)), shape)
     >>> guide = GUIDES["diag"](ArchConfig(hidden=(8,)), shape, model)

@@ -19,7 +19,7 @@ from pyro.infer import (
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from ppvae.losses import lean_loss
+from ppvae.pairs.losses import lean_loss
 
 
 def _is_latent(msg: dict[str, Any]) -> bool:
@@ -118,7 +118,7 @@ class Objective:
     enumerates : bool
         Sums out the model's discrete latent sites that are marked for enumeration.
     lean : str or None
-        The sync-free loss of :mod:`ppvae.losses` that training uses (``trace``,
+        The sync-free loss of :mod:`ppvae.pairs.losses` that training uses (``trace``,
         ``mean-field`` or ``iwae``); None trains with the Pyro estimator's own loss.
     options : dict
         Extra keyword arguments for the estimator (``alpha`` for Renyi).

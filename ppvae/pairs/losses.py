@@ -30,7 +30,7 @@ from pyro.infer.trace_elbo import _compute_log_r
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from ppvae.pairs import data_frame, observed_site
-from ppvae.scoring import analytic_kl, per_row
+from ppvae.pairs.scoring import analytic_kl, per_row
 
 PARTICLES = "num_particles_vectorized"
 """The plate that vectorizes particles, to the left of the model's plates (Pyro's name)."""

@@ -30,10 +30,10 @@ from pyro import poutine
 from tqdm.auto import tqdm
 
 from ppvae import distributed
-from ppvae.checker import check
 from ppvae.data import validate_data
 from ppvae.pairs import DEFAULT_PLATE, aside, batched, data_frame, observed_site, sample_sites
-from ppvae.scoring import PROBE_ROWS, ScoredPair, draws, scored_pair
+from ppvae.pairs.checker import check
+from ppvae.pairs.scoring import PROBE_ROWS, ScoredPair, draws, scored_pair
 
 MAX_ROWS = 1 << 15
 """Rows (examples x samples) pushed through a model and guide at once on the CPU."""

@@ -2,7 +2,8 @@
 
 Pyro reports a mismatched pair late and obscurely (a broadcasting error deep in an ELBO, or
 parameters that silently never train). :func:`check` runs one trace of each on a batch and
-explains each problem with what to change. :func:`~ppvae.train.fit` runs it before training.
+explains each problem with what to change. :func:`~ppvae.infer.fitting.fit` runs it before
+training.
 Any Pyro pair can be checked, in either calling convention (:mod:`ppvae.pairs`); sites are
 read from the traces, and the one convention is a plate over the examples (``"data"`` unless
 ``plate`` names another).
@@ -15,7 +16,6 @@ import torch
 from pyro import poutine
 
 from ppvae.errors import ModelGuideError, first_line  # ModelGuideError: also importable here
-from ppvae.objectives import OBJECTIVES
 from ppvae.pairs import (
     DEFAULT_PLATE,
     batched,
@@ -23,7 +23,8 @@ from ppvae.pairs import (
     data_frame,
     sample_sites,
 )
-from ppvae.parameter_checks import param_problems
+from ppvae.pairs.objectives import OBJECTIVES
+from ppvae.pairs.parameter_checks import param_problems
 
 
 def _hint(message: str, x: torch.Tensor, who: str) -> str:

@@ -1,6 +1,6 @@
 """Checks that a pair's parameters reach Pyro: every trainable tensor it computes with must be
 a parameter Pyro sees (registered with ``pyro.module``, ``pyro.param`` or a ``PyroModule``),
-or SVI silently never trains it. Used by :func:`ppvae.checker.problems`.
+or SVI silently never trains it. Used by :func:`ppvae.pairs.checker.problems`.
 """
 
 import torch

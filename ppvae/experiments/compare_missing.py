@@ -1,8 +1,9 @@
 """One table for incomplete data: PPCA by missing-data EM, the mixture of PPCA, a VAE trained on
 the masked data (MIWAE), and mean imputation, scored on the same masked split.
 
-The data are prepared as for :func:`ppvae.compare.compare` (seeded subsets, uniform
-dequantization), then entries go missing completely at random (:func:`ppvae.missing.mcar_mask`,
+The data are prepared as for :func:`ppvae.experiments.compare.compare` (seeded subsets, uniform
+dequantization), then entries go missing completely at random
+(:func:`ppvae.data.missing.mcar_mask`,
 seeded by ``config.seed``) in train and test alike. Every method is fitted on the masked
 training set, and scored on the masked test set by:
 
@@ -23,7 +24,7 @@ Methods:
 - ``vae``: a VAE with a learned per-pixel Gaussian likelihood that leaves missing entries out
   (``missing=True``) and an encoder of the zero-filled data and its mask, trained on the MIWAE
   bound (objective ``iwae``, K = ``num_particles``); it imputes with
-  :func:`ppvae.imputation.impute`.
+  :func:`ppvae.evaluation.imputation.impute`.
 """
 
 import math
@@ -35,9 +36,9 @@ import torch
 from torch import Tensor
 
 from ppvae.baselines import EMPPCA, MixturePPCA, imputation_rmse, observed_column_means
-from ppvae.compare import _sampled_mean, _score, _svi, _timed
-from ppvae.imputation import impute
-from ppvae.missing import mcar_split
+from ppvae.data.missing import mcar_split
+from ppvae.evaluation.imputation import impute
+from ppvae.experiments.compare import _sampled_mean, _score, _svi, _timed
 
 COLUMNS = ["method", "log_px", "log_px_stderr", "estimator", "imputation_rmse", "fit_seconds"]
 
@@ -134,7 +135,8 @@ METHODS: dict[str, Callable[[MaskedSplit, object], MissingRow]] = {
 
 def compare_missing(config, split, bar=iter) -> pd.DataFrame:
     """The methods of :data:`METHODS` named by ``config.methods`` (all by default) on ``split``
-    (a :class:`ppvae.compare.Split`) with ``config.missing_rate`` of the entries missing;
+    (a :class:`ppvae.experiments.compare.Split`) with ``config.missing_rate`` of the entries
+    missing;
     ``bar`` wraps the (name, method) pairs (a progress bar)."""
     masked = mask(split, config.missing_rate, config.seed)
     chosen = {k: m for k, m in METHODS.items() if not config.methods or k in config.methods}

@@ -22,10 +22,11 @@ levels is uniformly dequantized once, with a seeded generator, before any fittin
 ``L = 256`` for (Fashion-)MNIST, ``(x * 255 + u) / 256``, and ``L = 17`` for scikit-learn's
 digits, whose pixels are 0..16 (so ``(x * 16 + u) / 17``). Synthetic PPCA data is already
 continuous and is used as is. Bits per dimension rescale the density to the integer grid
-(:func:`ppvae.evaluate.bits_per_dim` with ``levels=L``), the usual convention for pixels.
+(:func:`ppvae.evaluation.metrics.bits_per_dim` with ``levels=L``), the usual convention for pixels.
 
 ``log_px`` is exact for the PPCA family (closed-form marginal, standard error 0) and
-importance-sampled with the guide as proposal for the VAEs (:func:`ppvae.evaluate.log_likelihood`,
+importance-sampled with the guide as proposal for the VAEs
+(:func:`ppvae.evaluation.metrics.log_likelihood`,
 K = ``eval_samples``), with its Monte Carlo standard error. ``elbo`` is the test ELBO where a
 method has one (NaN for the closed form and the EM fits); with the exact posterior it equals
 log p(x). ``fit_seconds`` times the fit only, not the evaluation.
@@ -49,11 +50,11 @@ from ppvae.baselines import EMPPCA, PPCA, MixturePPCA, ppca_log_prob
 from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig, atomic_write_text
 from ppvae.data import DATASETS, dequantize, load_dataset
 from ppvae.errors import PPVAEError, TrainingError, first_line
-from ppvae.evaluate import bits_per_dim, elbo_terms, log_likelihood
+from ppvae.evaluation.metrics import bits_per_dim, elbo_terms, log_likelihood
+from ppvae.experiments.outputs import make_dir
 from ppvae.guides import GUIDES
+from ppvae.infer.fitting import FitConfig, fit, resolve_device
 from ppvae.models import MODELS
-from ppvae.outputs import make_dir
-from ppvae.train import FitConfig, fit, resolve_device
 
 LEVELS: dict[str, int] = {"digits": 17, "fashion-mnist": 256, "mnist": 256}
 """Grey levels of each pixel dataset; datasets not listed are continuous already."""
@@ -92,7 +93,7 @@ class CompareConfig(JsonConfig):
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     missing_rate : float
         Share of entries missing completely at random in train and test (0: none). Above 0,
-        the table is :mod:`ppvae.compare_missing`'s: observed-data log-likelihood and
+        the table is :mod:`ppvae.experiments.compare_missing`'s: observed-data log-likelihood and
         imputation error of PPCA-EM, the mixture, a MIWAE-trained VAE and mean imputation.
     num_particles : int
         K of the VAE's MIWAE bound when entries are missing.
@@ -131,7 +132,9 @@ class CompareConfig(JsonConfig):
         if not 0 <= self.missing_rate < 1:
             raise ConfigError(f"missing_rate must be in [0, 1), got {self.missing_rate}")
         _at_least(self, "num_particles", 1)
-        from ppvae.compare_missing import METHODS as MISSING_METHODS  # (it imports this one)
+        from ppvae.experiments.compare_missing import (
+            METHODS as MISSING_METHODS,  # (it imports this one)
+        )
 
         known = MISSING_METHODS if self.missing_rate else METHODS
         unknown = [m for m in self.methods if m not in known]
@@ -333,7 +336,7 @@ def compare(
 ) -> pd.DataFrame:
     """Fit the methods of :data:`METHODS` (``config.methods``, all by default) on one dataset
     and score them on the test split; with ``config.missing_rate`` > 0, those of
-    :mod:`ppvae.compare_missing` on the masked split instead.
+    :mod:`ppvae.experiments.compare_missing` on the masked split instead.
 
     Parameters
     ----------
@@ -360,7 +363,7 @@ def compare(
             yield name, method
 
     if config.missing_rate > 0:
-        from ppvae.compare_missing import compare_missing  # (it imports this module)
+        from ppvae.experiments.compare_missing import compare_missing  # (it imports this module)
 
         return compare_missing(config, split, bar)
     chosen = {k: m for k, m in METHODS.items() if not config.methods or k in config.methods}
@@ -406,7 +409,7 @@ def to_markdown(frame: pd.DataFrame, title: str) -> str:
     """The table as markdown under a caption, with a legend from the methods' docstrings."""
     shown = frame.astype(object).where(frame.notna(), None)  # tabulate prints None as n/a
     table = shown.to_markdown(index=False, floatfmt=".3f", missingval="n/a")
-    from ppvae.compare_missing import METHODS as MISSING_METHODS
+    from ppvae.experiments.compare_missing import METHODS as MISSING_METHODS
 
     methods = MISSING_METHODS if "imputation_rmse" in frame else METHODS
     legend = "\n".join(

@@ -3,7 +3,7 @@
 For a model p(z) p(x | z) whose likelihood leaves missing entries out and a guide q(z | x) that
 reads the observed ones, draw z_k ~ q(z | x), k = 1..K, and weigh them by
 w_k = p(x_obs, z_k) / q(z_k | x), the importance weights of the MIWAE bound (Mattei & Frellsen,
-ICML 2019), read from Pyro's traces by :mod:`ppvae.scoring`. With wbar_k = w_k / sum_j w_j:
+ICML 2019), read from Pyro's traces by :mod:`ppvae.pairs.scoring`. With wbar_k = w_k / sum_j w_j:
 
 - the conditional mean: E[x_miss | x_obs] ~= sum_k wbar_k E[x_miss | z_k] (self-normalized
   importance sampling), with the delta-method standard error
@@ -29,9 +29,9 @@ from ppvae.baselines import PPCA as BaselinePPCA
 from ppvae.baselines import impute as exact_impute
 from ppvae.baselines import impute_samples as exact_impute_samples
 from ppvae.config import ConfigError
-from ppvae.missing import validate_missing
+from ppvae.data.missing import validate_missing
 from ppvae.pairs import DEFAULT_PLATE, aside, observed_site
-from ppvae.scoring import ScoredPair, scored_pair
+from ppvae.pairs.scoring import ScoredPair, scored_pair
 
 MAX_ROWS = 1 << 15
 """Rows (examples x samples) pushed through a model and guide at once."""

@@ -1,9 +1,10 @@
-"""Per-example log-densities from Pyro traces: the arithmetic behind :mod:`ppvae.evaluate`.
+"""Per-example log-densities from Pyro traces: the arithmetic behind
+:mod:`ppvae.evaluation.metrics`.
 
 Each site's log-density is summed to one value per example (no plate scaling, no beta; masks
 are kept); the model's latent sites inside the plate over examples are local, those outside are
-global; enumerated sites are summed out exactly. See :mod:`ppvae.evaluate` for what the numbers
-mean with global latents.
+global; enumerated sites are summed out exactly. See :mod:`ppvae.evaluation.metrics` for what
+the numbers mean with global latents.
 """
 
 from typing import NamedTuple

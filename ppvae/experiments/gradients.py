@@ -2,7 +2,7 @@
 
 For a fixed model, guide and minibatch, :func:`gradient_estimates` draws many estimates of the
 ELBO's gradient with respect to the guide's parameters, once per estimator (an objective of
-:data:`~ppvae.objectives.OBJECTIVES`), and keeps their running mean and variance per
+:data:`~ppvae.pairs.objectives.OBJECTIVES`), and keeps their running mean and variance per
 coordinate. :func:`gradient_table` summarises them per parameter group, :func:`gradient_plot`
 draws them, and ``ppvae gradients`` does all three from the command line.
 """
@@ -18,9 +18,9 @@ import torch
 from matplotlib.figure import Figure
 
 from ppvae.config import ConfigError, atomic_write_text
-from ppvae.objectives import OBJECTIVES
+from ppvae.experiments.plots import save
 from ppvae.pairs import batched, param_tensors
-from ppvae.plots import save
+from ppvae.pairs.objectives import OBJECTIVES
 
 TABLE_COLUMNS = [
     "estimator",
@@ -130,7 +130,7 @@ def gradient_estimates(
         As in :func:`~ppvae.models.sites.data_plate`; by default the gradient is that of the
         ELBO summed over the B rows.
     objectives : sequence of str
-        Keys of :data:`~ppvae.objectives.OBJECTIVES`, one estimator each.
+        Keys of :data:`~ppvae.pairs.objectives.OBJECTIVES`, one estimator each.
     num_estimates : int
         M, estimates per estimator, each from ``num_particles`` samples of z per example.
     warmup : int

@@ -15,12 +15,11 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from ppvae import checkpoint as ckpt
 from ppvae import distributed
-from ppvae.checker import check
 from ppvae.config import ConfigError, JsonConfig
 from ppvae.data import Dataset, validate_data
-from ppvae.loop import (
+from ppvae.infer import checkpoint as ckpt
+from ppvae.infer.loop import (
     HISTORY_COLUMNS,
     Step,
     TrainingError,
@@ -29,7 +28,7 @@ from ppvae.loop import (
     _Progress,
     epoch_batches,
 )
-from ppvae.objectives import OBJECTIVES
+from ppvae.infer.resume import restore, state
 from ppvae.pairs import (
     DEFAULT_PLATE,
     batched,
@@ -40,7 +39,8 @@ from ppvae.pairs import (
     run_pair,
     sample_sites,
 )
-from ppvae.resume import restore, state
+from ppvae.pairs.checker import check
+from ppvae.pairs.objectives import OBJECTIVES
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -64,7 +64,7 @@ class FitConfig(JsonConfig):
         is dropped, so every step has the same shape; under ``torch.distributed`` it is the
         global batch, ``batch_size / world`` rows per rank), Adam's learning rate.
     objective : str
-        A key of :data:`ppvae.objectives.OBJECTIVES`.
+        A key of :data:`ppvae.pairs.objectives.OBJECTIVES`.
     num_particles : int
         Samples of z per example per step (K of the IWAE bound).
     jit : bool
@@ -210,7 +210,7 @@ def training_step(
 
     On the first batch of the first epoch (binarized if ``dynamic``), as a plain SVI loop's
     first step would see it: moves the pair's parameters to the device
-    (:func:`ppvae.pairs.place`), checks the pair (:func:`ppvae.checker.check`) and collects
+    (:func:`ppvae.pairs.place`), checks the pair (:func:`ppvae.pairs.checker.check`) and collects
     the parameters it registers in Pyro's param store. ``benchmarks/step_time.py`` times
     exactly this step.
     """
@@ -290,7 +290,7 @@ def fit(
         When the loss becomes NaN or infinite; the message names the epoch and step, and the
         checkpoint of the last good epoch is left as it was.
     ModelGuideError
-        When the model and guide do not pair up (see :func:`ppvae.checker.check`).
+        When the model and guide do not pair up (see :func:`ppvae.pairs.checker.check`).
     DataError
         When the data has Inf, NaN (unless the model has ``accepts_missing``; then a row
         with nothing observed), the wrong rank, or values outside [0, 1] for a Bernoulli-type

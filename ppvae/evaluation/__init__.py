@@ -1,0 +1,7 @@
+"""Evaluation: scoring a model and guide that are already trained (ELBO and its terms,
+importance-sampled log p(x), active units, imputation of missing entries).
+
+Imports from ``ppvae.pairs``, ``ppvae.baselines``, ``ppvae.data`` and the foundation modules
+(``errors``, ``config``, ``nets``, ``distributed``); never from ``infer``, ``experiments`` or
+``cli``.
+"""
