@@ -320,7 +320,7 @@ def _mark_divergence(metrics: pd.DataFrame, model, data: Dataset, test, plate: s
         warnings.warn(
             f"the run diverged: test log p(x) {log_px:.4g} nats per example, far below the "
             f"{b:.4g} of independent pixels fitted to the training data (margin "
-            f"{divergence_margin(_scored_dims(test)):.4g}); try a lower learning rate",
+            f"{divergence_margin(b, _scored_dims(test)):.4g}); try a lower learning rate",
             DivergenceWarning,
             stacklevel=2,
         )
