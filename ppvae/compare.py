@@ -464,7 +464,8 @@ def fit_table(
                 on_row(table())
             raise
         except Exception as err:  # noted in the table, raised once the other rows are in
-            rows[name] = {"method": name, "status": f"{FAILED}: {first_line(err)}"}
+            why = first_line(err).removeprefix(f"{name}: ")  # (the row names the method)
+            rows[name] = {"method": name, "status": f"{FAILED}: {why}"}
             failure = failure or err
         if on_row is not None:
             on_row(table())
@@ -518,7 +519,7 @@ def to_markdown(frame: pd.DataFrame, title: str) -> str:
 
     methods = MISSING_METHODS if "imputation_rmse" in frame else METHODS
     legend = "\n".join(
-        f"- `{k}`: {(f.__doc__ or '').strip().splitlines()[0]}"
+        f"- `{k}`: {((f.__doc__ or '').strip().splitlines() or [''])[0]}"
         for k, f in methods.items()
         if k in set(frame.method)  # the rows the table has
     )
