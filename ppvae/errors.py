@@ -59,3 +59,8 @@ class OutputError(PPVAEError, OSError):
 def first_line(err: BaseException) -> str:
     """The first line of an error's message (Pyro and torch append dumps), or its type's name."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+class DivergenceWarning(UserWarning):
+    """A run or a fitted row ended far below a baseline that needs no training: it diverged.
+    The command line prints it as one line, ``ppvae: warning: ...``."""

@@ -93,7 +93,7 @@ def test_vae_bounds_are_ordered(table):
 def test_cli_writes_csv_and_markdown(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", "--out", str(out), "--stem", "digits", *TINY_ARGS]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["digits.csv", "digits.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["digits.csv", "digits.json", "digits.md"]
     frame = pd.read_csv(out / "digits.csv")
     assert frame.method.tolist() == list(METHODS)
     md = (out / "digits.md").read_text()

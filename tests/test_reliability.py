@@ -268,7 +268,8 @@ def test_compare_with_a_diverging_learning_rate_is_one_line(tmp_path):
         "--eval-samples", "5", "--elbo-samples", "2",
     )  # fmt: skip
     one_line_error(proc, "ppca-svi: training failed at epoch 1")
-    assert not (tmp_path / "c").exists()
+    status = pd.read_csv(tmp_path / "c" / "compare.csv").set_index("method").status
+    assert status["ppca"] == "ok" and status["ppca-svi"].startswith("failed: training failed")
 
 
 def test_compare_names_the_learning_rate_when_ppca_svi_ends_with_no_noise(tmp_path):
@@ -278,7 +279,8 @@ def test_compare_names_the_learning_rate_when_ppca_svi_ends_with_no_noise(tmp_pa
         "--train-size", "200", "--test-size", "100", "--eval-samples", "10",
     )  # fmt: skip
     one_line_error(proc, "ppca-svi: training drove sigma2 to 0: the learning rate 1000.0")
-    assert not (tmp_path / "c").exists()
+    status = pd.read_csv(tmp_path / "c" / "compare.csv").set_index("method").status
+    assert status["ppca-svi"].startswith("failed: training drove sigma2 to 0")
 
 
 # --- conventions ---

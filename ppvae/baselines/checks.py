@@ -91,3 +91,25 @@ def check_mask(mask: Tensor, shape: torch.Size, name: str = "mask") -> None:
         raise DataError(
             f"{name} has shape {tuple(mask.shape)} but the data have shape {tuple(shape)}"
         )
+
+
+def check_noise_variance(sigma2: Tensor, total_variance: Tensor, q: int) -> None:
+    """Raise DataError when the maximum-likelihood noise variance ``sigma2`` of PPCA with ``q``
+    components is 0 up to round-off (relative to ``total_variance``, the trace of the
+    covariance): the data lie in a q-dimensional affine subspace and the likelihood is
+    unbounded, so any fit, closed form or EM, runs sigma2 down to 0."""
+    if sigma2 <= torch.finfo(sigma2.dtype).eps * total_variance:
+        raise DataError(
+            f"the data lie (numerically) in a {q}-dimensional affine subspace, so the noise "
+            "variance sigma2 is 0 and the likelihood is unbounded; use fewer components"
+        )
+
+
+def check_not_degenerate(Xc: Tensor, q: int) -> None:
+    """:func:`check_noise_variance` for centred data ``Xc`` (N, d), from the eigenvalues of the
+    smaller of ``Xc Xc^T / N`` and ``Xc^T Xc / N`` (they share their nonzero eigenvalues), so a
+    fit that never forms the covariance refuses what the closed form refuses."""
+    N, d = Xc.shape
+    gram = Xc @ Xc.mT if N <= d else Xc.mT @ Xc
+    lam = torch.linalg.eigvalsh(gram / N).flip(-1).clamp_min(0)
+    check_noise_variance(lam[q:].sum() / (d - q), lam.sum(), q)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ppvae.baselines.checks import check_data
+from ppvae.baselines.checks import check_data, check_not_degenerate
 from ppvae.baselines.missing import (
     impute,
     missing_mstep,
@@ -121,12 +121,19 @@ def ppca_em(
     Returns
     -------
     EMResult
+
+    Raises
+    ------
+    DataError
+        When the data lie in a ``q``-dimensional affine subspace (``N <= q + 1`` rows, say):
+        the likelihood is unbounded, as :func:`ppca_mle` says.
     """
     X = torch.as_tensor(X, dtype=dtype)
     check_data(X, q)
     N, d = X.shape
     mu = X.mean(0)
     Xc = X - mu
+    check_not_degenerate(Xc, q)  # what the closed form refuses, EM would run to sigma2 = 0
     trS = Xc.square().sum() / N
     if init is None:
         state = _random_init(d, q, trS / d, generator, X)

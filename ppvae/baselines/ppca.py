@@ -16,9 +16,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ppvae.baselines.checks import check_count, check_data, check_params
+from ppvae.baselines.checks import (
+    check_count,
+    check_data,
+    check_noise_variance,
+    check_params,
+)
 from ppvae.config import ConfigError
-from ppvae.data import DataError
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -186,11 +190,7 @@ def ppca_mle(X, q: int, *, dtype: torch.dtype = torch.float64) -> PPCAParams:
     Xc = X - mu
     S = Xc.mT @ Xc / X.shape[0]
     W, sigma2 = _ppca_from_covariance(S, q)
-    if sigma2 <= torch.finfo(dtype).eps * S.trace():
-        raise DataError(
-            f"the data lie (numerically) in a {q}-dimensional affine subspace, so the noise "
-            "variance sigma2 is 0 and the likelihood is unbounded; use fewer components"
-        )
+    check_noise_variance(sigma2, S.trace(), q)
     return PPCAParams(W, mu, sigma2)
 
 

@@ -8,12 +8,13 @@ prints one line (``ppvae: error: ...``) and exits with status 2; ``--debug`` (or
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from ppvae.cli import compare, gradients, train
 from ppvae.cli.common import provided
 from ppvae.distributed import main_process, rank_label
-from ppvae.errors import PPVAEError, first_line
+from ppvae.errors import DivergenceWarning, PPVAEError, first_line
 
 SUBCOMMANDS = [train.add, gradients.add, compare.add]
 
@@ -37,11 +38,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """ppvae's own warnings as one line, ``ppvae: warning: ...``; others as Python has them."""
+    if issubclass(category, DivergenceWarning):
+        return f"ppvae: warning: {first_line(message)}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT = warnings.formatwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ppvae`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     debug = args.debug or bool(os.environ.get("PPVAE_DEBUG"))
+    warnings.formatwarning = _format_warning
     try:
         return args.func(args, provided(args.parser, argv))
     except PPVAEError as err:

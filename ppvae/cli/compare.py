@@ -1,8 +1,17 @@
 """``ppvae compare``: PPCA, its EM fits and VAEs on one dataset, scored on one table."""
 
+from ppvae.config import ConfigError
 from ppvae.data import DATASETS
-from ppvae.errors import OutputError
-from ppvae.experiments.compare import CompareConfig, caption, compare, prepare, write
+from ppvae.errors import OutputError, PPVAEError, first_line
+from ppvae.experiments.compare import (
+    CompareConfig,
+    caption,
+    compare,
+    prepare,
+    resume_table,
+    table_paths,
+    write,
+)
 from ppvae.experiments.outputs import check_output_dir
 
 
@@ -17,16 +26,41 @@ def run(args, given: set[str]) -> int:
         methods=tuple(args.methods or ()),
     )  # fmt: skip
     out = check_output_dir(args.out)
-    taken = [f for f in (out / f"{args.stem}.csv", out / f"{args.stem}.md") if f.exists()]
-    if taken and not args.overwrite:
-        raise OutputError(f"{taken[0]} exists: pass --overwrite to replace it, or --stem NAME")
+    done = _done(args, config, out)
     split = prepare(config)
-    frame = compare(config, split=split)
     title = caption(config, split)
-    paths = write(frame, args.out, title, args.stem)
+
+    def save(frame) -> None:  # after every row: what was fitted is kept
+        write(frame, out, title, args.stem, config)
+
+    try:
+        frame = compare(config, split=split, done=done, on_row=save)
+    except PPVAEError as err:
+        raise type(err)(
+            f"{first_line(err)} (the other rows are in {out / args.stem}.csv; "
+            "--resume fits the rest)"
+        ) from err
+    paths = write(frame, out, title, args.stem, config)
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _done(args, config: CompareConfig, out):
+    """With --resume, the saved table (same settings) whose rows are kept; else None, once
+    the table's files are free (or --overwrite)."""
+    paths = table_paths(out, args.stem)  # a stem that is a path is refused here
+    if args.resume:
+        if args.overwrite:
+            raise ConfigError("--resume keeps the saved table, --overwrite replaces it: pass one")
+        return resume_table(out, args.stem, config)
+    taken = [f for f in paths if f.exists()]
+    if taken and not args.overwrite:
+        raise OutputError(
+            f"{taken[0]} exists: pass --overwrite to replace it, --resume to fit its missing "
+            "rows, or --stem NAME"
+        )
+    return None
 
 
 def add(sub) -> None:
@@ -72,4 +106,10 @@ def add(sub) -> None:
     p.add_argument("--out", default="runs/compare", help="output folder (%(default)s)")
     p.add_argument("--stem", default="compare", help="file name stem (%(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace <out>/<stem>.csv and .md")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows of <out>/<stem>.csv and fit only the missing, failed or "
+        "interrupted ones (the settings must be those saved in <out>/<stem>.json)",
+    )
     p.set_defaults(func=run, parser=p)

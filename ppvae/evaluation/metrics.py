@@ -30,6 +30,7 @@ from pyro import poutine
 from tqdm.auto import tqdm
 
 from ppvae import distributed
+from ppvae.baselines import independent
 from ppvae.data import validate_data
 from ppvae.pairs import DEFAULT_PLATE, aside, batched, data_frame, observed_site, sample_sites
 from ppvae.pairs.checker import check
@@ -351,3 +352,38 @@ def generate(model, like: torch.Tensor, *, plate: str = DEFAULT_PLATE) -> torch.
     """E[x | z] for z drawn from the prior, one per row of ``like`` (whose values are unused)."""
     trace = poutine.trace(batched(model, plate)).get_trace(like, None, None)
     return _observed_mean(trace, plate)
+
+
+def _base_distribution(fn: dist.Distribution) -> dist.Distribution:
+    """The distribution under ``Independent`` and masking wrappers."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn
+
+
+def baseline_log_px(
+    model, train: torch.Tensor, test: torch.Tensor, *, plate: str = DEFAULT_PLATE
+) -> torch.Tensor | None:
+    """Per-example test log-likelihood (N,) of the independent-pixel baseline that the model's
+    likelihood contains (:mod:`ppvae.baselines.independent`), or None for a likelihood with
+    none.
+
+    The model is traced once on two test rows and its observed site read: a Bernoulli (or
+    continuous Bernoulli, whose density is above the Bernoulli cross-entropy at the same
+    means) gets independent Bernoulli pixels at the training means; a Normal with a learned
+    scale gets the maximum-likelihood diagonal Gaussian, one with a fixed scale the Gaussian
+    at the training means with that scale. Each is the model with its latent ignored, so a
+    trained model that ends far below it has diverged.
+    """
+    with aside(test), poutine.block():  # no draws taken from the scoring's stream
+        trace = poutine.trace(batched(model, plate)).get_trace(test[:2], None, None)
+    site = observed_site(trace, plate)
+    fn = None if site is None else _base_distribution(site["fn"])
+    train = train.to(test)
+    if isinstance(fn, torch.distributions.Bernoulli | torch.distributions.ContinuousBernoulli):
+        return independent.bernoulli_log_prob(train, test)
+    if isinstance(fn, torch.distributions.Normal):
+        scale = fn.scale
+        fixed = not scale.requires_grad and scale.dim() and (scale == scale[:1]).all()
+        return independent.gaussian_log_prob(train, test, scale[0].detach() if fixed else None)
+    return None

@@ -33,8 +33,10 @@ log p(x). ``fit_seconds`` times the fit only, not the evaluation.
 """
 
 import math
+import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +48,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ppvae.baselines import EMPPCA, PPCA, MixturePPCA, ppca_log_prob
+from ppvae.baselines import EMPPCA, PPCA, MixturePPCA, independent, ppca_log_prob
 from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig, atomic_write_text
 from ppvae.data import DATASETS, dequantize, load_dataset
-from ppvae.errors import PPVAEError, TrainingError, first_line
+from ppvae.errors import DivergenceWarning, PPVAEError, TrainingError, first_line
 from ppvae.evaluation.metrics import bits_per_dim, elbo_terms, log_likelihood
 from ppvae.experiments.outputs import make_dir
 from ppvae.guides import GUIDES
@@ -59,7 +61,17 @@ from ppvae.models import MODELS
 LEVELS: dict[str, int] = {"digits": 17, "fashion-mnist": 256, "mnist": 256}
 """Grey levels of each pixel dataset; datasets not listed are continuous already."""
 
-COLUMNS = ["method", "log_px", "log_px_stderr", "estimator", "elbo", "bits_per_dim", "fit_seconds"]
+COLUMNS = [
+    "method", "log_px", "log_px_stderr", "estimator", "elbo", "bits_per_dim", "fit_seconds",
+    "status",
+]  # fmt: skip
+
+OK, DIVERGED, INTERRUPTED, FAILED = "ok", "diverged", "interrupted", "failed"
+"""A row's ``status``: fitted (``ok``), fitted but far below the independent-pixel baseline
+(``diverged``, see :func:`ppvae.baselines.independent.diverged`), stopped by Ctrl-C, or
+``failed: <the error's first line>``. ``--resume`` keeps the ``ok`` and ``diverged`` rows."""
+
+KEPT = (OK, DIVERGED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -332,7 +344,12 @@ METHODS: dict[str, Callable[[Split, CompareConfig], Row]] = {
 
 
 def compare(
-    config: CompareConfig, *, split: Split | None = None, progress: bool | None = None
+    config: CompareConfig,
+    *,
+    split: Split | None = None,
+    progress: bool | None = None,
+    done: pd.DataFrame | None = None,
+    on_row: Callable[[pd.DataFrame], None] | None = None,
 ) -> pd.DataFrame:
     """Fit the methods of :data:`METHODS` (``config.methods``, all by default) on one dataset
     and score them on the test split; with ``config.missing_rate`` > 0, those of
@@ -345,14 +362,27 @@ def compare(
         The data as :func:`prepare` returns it for ``config`` (prepared here if not given).
     progress : bool, optional
         A progress bar over the methods; by default only when stderr is a terminal.
+    done : DataFrame, optional
+        A table written before for the same config: its ``ok`` and ``diverged`` rows are kept
+        and only the others (missing, failed, interrupted) are fitted.
+    on_row : callable, optional
+        Called with the table so far after every row (the CLI writes it), also after a row
+        that fails and on Ctrl-C.
 
     Returns
     -------
     DataFrame
         One row per method, columns :data:`COLUMNS`: ``log_px``, ``log_px_stderr`` and
-        ``elbo`` in nats per test example, ``bits_per_dim`` from ``log_px``, ``fit_seconds``
-        (with missing entries, ``compare_missing.COLUMNS``: ``imputation_rmse`` for ``elbo``
-        and ``bits_per_dim``).
+        ``elbo`` in nats per test example, ``bits_per_dim`` from ``log_px``, ``fit_seconds``,
+        ``status`` (with missing entries, ``compare_missing.COLUMNS``: ``imputation_rmse`` for
+        ``elbo`` and ``bits_per_dim``).
+
+    Raises
+    ------
+    PPVAEError
+        The first row that failed, after every other row was fitted (and ``on_row`` called).
+    KeyboardInterrupt
+        On Ctrl-C, after ``on_row`` was called with the rows fitted and this one interrupted.
     """
     split = prepare(config) if split is None else split
     shown = sys.stderr.isatty() if progress is None else progress
@@ -365,14 +395,93 @@ def compare(
     if config.missing_rate > 0:
         from ppvae.experiments.compare_missing import compare_missing  # (it imports this module)
 
-        return compare_missing(config, split, bar)
+        return compare_missing(config, split, bar, done=done, on_row=on_row)
     chosen = {k: m for k, m in METHODS.items() if not config.methods or k in config.methods}
-    rows = []
-    for name, method in bar(chosen.items()):
+    baseline = Baseline.of(split.train, split.test)
+
+    def score(name: str, method: Callable) -> dict:
         row = _score(name, method, split, config)
         bpd = bits_per_dim(row.log_px, split.train.shape[1], split.levels)
-        rows.append({"method": name, **row._asdict(), "bits_per_dim": bpd})
-    return pd.DataFrame(rows, columns=COLUMNS)
+        return {**row._asdict(), "bits_per_dim": bpd, "status": baseline.status(name, row)}
+
+    return fit_table(chosen, score, COLUMNS, bar, done=done, on_row=on_row)
+
+
+class Baseline(NamedTuple):
+    """The diagonal Gaussian's test log-likelihood per example (every pixel independent, its
+    training mean and variance), against which a row is said to have diverged."""
+
+    log_px: float
+    dims: float
+
+    @classmethod
+    def of(cls, train: Tensor, test: Tensor) -> "Baseline":
+        """From the (possibly masked: NaN) train and test splits."""
+        dims = (~test.isnan()).sum(1).double().mean().item()
+        return cls(independent.gaussian_log_prob(train, test).mean().item(), dims)
+
+    def status(self, name: str, row) -> str:
+        """``diverged`` (with a one-line warning) or ``ok``."""
+        if not independent.diverged(row.log_px, self.log_px, self.dims):
+            return OK
+        margin = independent.divergence_margin(self.log_px, self.dims)
+        warnings.warn(
+            f"{name} diverged: test log p(x) {row.log_px:.4g} nats per example, far below "
+            f"the {self.log_px:.4g} of independent Gaussian pixels (margin {margin:.4g})",
+            DivergenceWarning,
+            stacklevel=2,
+        )
+        return DIVERGED
+
+
+def fit_table(
+    chosen: dict[str, Callable],
+    score: Callable[[str, Callable], dict],
+    columns: list[str],
+    bar=iter,
+    *,
+    done: pd.DataFrame | None = None,
+    on_row: Callable[[pd.DataFrame], None] | None = None,
+) -> pd.DataFrame:
+    """The table of the methods ``chosen`` (name to method), ``score(name, method)`` giving
+    each row's columns but its name; the machinery of :func:`compare` and
+    :func:`ppvae.experiments.compare_missing.compare_missing`.
+
+    The kept rows of ``done`` are not fitted again. A row that raises is noted
+    ``failed: ...`` and the others are fitted; the first failure is raised at the end. On
+    Ctrl-C the row is noted ``interrupted`` and KeyboardInterrupt raised. ``on_row`` sees the
+    table after every row, so what was fitted is written whatever happens next.
+    """
+    rows = _kept_rows(done, chosen)
+    failure = None
+
+    def table() -> pd.DataFrame:
+        return pd.DataFrame([rows[k] for k in chosen if k in rows], columns=columns)
+
+    for name, method in bar([(k, m) for k, m in chosen.items() if k not in rows]):
+        try:
+            rows[name] = {"method": name, **score(name, method)}
+        except KeyboardInterrupt:
+            rows[name] = {"method": name, "status": INTERRUPTED}
+            if on_row is not None:
+                on_row(table())
+            raise
+        except Exception as err:  # noted in the table, raised once the other rows are in
+            why = first_line(err).removeprefix(f"{name}: ")  # (the row names the method)
+            rows[name] = {"method": name, "status": f"{FAILED}: {why}"}
+            failure = failure or err
+        if on_row is not None:
+            on_row(table())
+    if failure is not None:
+        raise failure
+    return table()
+
+
+def _kept_rows(done: pd.DataFrame | None, chosen) -> dict[str, dict]:
+    if done is None:
+        return {}
+    kept = done[done.status.isin(KEPT) & done.method.isin(list(chosen))]
+    return {row["method"]: row for row in kept.to_dict("records")}
 
 
 def _score(name: str, method: Callable, split: Split, config: CompareConfig) -> Row:
@@ -413,19 +522,73 @@ def to_markdown(frame: pd.DataFrame, title: str) -> str:
 
     methods = MISSING_METHODS if "imputation_rmse" in frame else METHODS
     legend = "\n".join(
-        f"- `{k}`: {(f.__doc__ or '').strip().splitlines()[0]}"
+        f"- `{k}`: {((f.__doc__ or '').strip().splitlines() or [''])[0]}"
         for k, f in methods.items()
         if k in set(frame.method)  # the rows the table has
     )
     return f"{title}\n\n{table}\n\n{legend}\n"
 
 
-def write(frame: pd.DataFrame, out: str | Path, title: str, stem: str = "compare") -> list[Path]:
-    """Write ``<out>/<stem>.csv`` and ``<out>/<stem>.md`` atomically; returns their paths."""
+def check_stem(stem: str) -> str:
+    """Raise ConfigError unless ``stem`` is a plain file name (the folder goes in ``out``)."""
+    separators = [sep for sep in (os.sep, os.altsep, "/") if sep]
+    if not stem or stem in (".", "..") or any(sep in stem for sep in separators):
+        raise ConfigError(
+            f"--stem {stem[:80]!r} must be a file name, not a path: put the folder in --out"
+        )
+    return stem
+
+
+def table_paths(out: str | Path, stem: str = "compare") -> tuple[Path, Path, Path]:
+    """``<out>/<stem>.csv``, ``.md`` and ``.json`` (the config that made the table)."""
     out = Path(out)
-    csv, md = out / f"{stem}.csv", out / f"{stem}.md"
+    return tuple(out / f"{check_stem(stem)}{ext}" for ext in (".csv", ".md", ".json"))
+
+
+def write(
+    frame: pd.DataFrame,
+    out: str | Path,
+    title: str,
+    stem: str = "compare",
+    config: CompareConfig | None = None,
+) -> list[Path]:
+    """Write ``<out>/<stem>.csv`` and ``<out>/<stem>.md`` atomically, and with ``config``
+    ``<out>/<stem>.json`` (what :func:`resume_table` checks); returns their paths."""
+    csv, md, saved = table_paths(out, stem)
     texts = {csv: frame.to_csv(index=False), md: to_markdown(frame, title)}
-    make_dir(out)
+    if config is not None:
+        texts[saved] = config.to_json() + "\n"
+    make_dir(Path(out))
     for path, text in texts.items():
         atomic_write_text(path, text)
     return list(texts)
+
+
+def resume_table(out: str | Path, stem: str, config: CompareConfig) -> pd.DataFrame:
+    """The table saved in ``out`` under ``stem`` (by :func:`write` with its config), to pass
+    to :func:`compare` as ``done``.
+
+    Raises
+    ------
+    ConfigError
+        When there is no such table, it cannot be read, or it was made with other settings
+        (the message names them).
+    """
+    csv, _, saved = table_paths(out, stem)
+    for path in (saved, csv):
+        if not path.is_file():
+            raise ConfigError(f"nothing to resume: {path} does not exist")
+    old, new = CompareConfig.load(saved).leaves(), config.leaves()
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+        changes = ", ".join(f"{k} {new.get(k)!r} (saved {old.get(k)!r})" for k in differ)
+        raise ConfigError(
+            f"--resume continues the table {csv} with its saved settings, but {changes}"[:300]
+        )
+    try:
+        done = pd.read_csv(csv, keep_default_na=False, na_values=[""])
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read {csv}: {first_line(err)}") from None
+    if not {"method", "status"} <= set(done.columns):
+        raise ConfigError(f"{csv} has no method and status columns: not a table to resume")
+    return done

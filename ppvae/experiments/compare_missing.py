@@ -38,9 +38,11 @@ from torch import Tensor
 from ppvae.baselines import EMPPCA, MixturePPCA, imputation_rmse, observed_column_means
 from ppvae.data.missing import mcar_split
 from ppvae.evaluation.imputation import impute
-from ppvae.experiments.compare import _sampled_mean, _score, _svi, _timed
+from ppvae.experiments.compare import Baseline, _sampled_mean, _score, _svi, _timed, fit_table
 
-COLUMNS = ["method", "log_px", "log_px_stderr", "estimator", "imputation_rmse", "fit_seconds"]
+COLUMNS = [
+    "method", "log_px", "log_px_stderr", "estimator", "imputation_rmse", "fit_seconds", "status",
+]  # fmt: skip
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -133,15 +135,20 @@ METHODS: dict[str, Callable[[MaskedSplit, object], MissingRow]] = {
 }
 
 
-def compare_missing(config, split, bar=iter) -> pd.DataFrame:
+def compare_missing(config, split, bar=iter, *, done=None, on_row=None) -> pd.DataFrame:
     """The methods of :data:`METHODS` named by ``config.methods`` (all by default) on ``split``
     (a :class:`ppvae.experiments.compare.Split`) with ``config.missing_rate`` of the entries
     missing;
-    ``bar`` wraps the (name, method) pairs (a progress bar)."""
+    ``bar`` wraps the (name, method) pairs (a progress bar). ``done`` and ``on_row``, and what
+    a failed or interrupted row does, are as in :func:`ppvae.experiments.compare.compare` (the
+    same :func:`~ppvae.experiments.compare.fit_table`); the baseline a row diverges from is the
+    ``mean`` row's model."""
     masked = mask(split, config.missing_rate, config.seed)
     chosen = {k: m for k, m in METHODS.items() if not config.methods or k in config.methods}
-    rows = []
-    for name, method in bar(chosen.items()):
+    baseline = Baseline.of(masked.train, masked.test)
+
+    def score(name: str, method: Callable) -> dict:
         row = _score(name, method, masked, config)
-        rows.append({"method": name, **row._asdict()})
-    return pd.DataFrame(rows, columns=COLUMNS)
+        return {**row._asdict(), "status": baseline.status(name, row)}
+
+    return fit_table(chosen, score, COLUMNS, bar, done=done, on_row=on_row)

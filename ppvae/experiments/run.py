@@ -4,7 +4,9 @@
 :func:`train` writes a run directory: config, history, checkpoint, metrics and pictures.
 """
 
+import math
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -15,12 +17,20 @@ import torch
 
 from ppvae import distributed
 from ppvae.baselines import imputation_rmse
+from ppvae.baselines.independent import diverged, divergence_margin
 from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig, atomic_write_text
 from ppvae.data import BINARIZATIONS, DATASETS, Dataset, load_dataset
 from ppvae.data.missing import mcar_dataset
-from ppvae.errors import OutputError, first_line
+from ppvae.errors import DivergenceWarning, OutputError, first_line
 from ppvae.evaluation.imputation import impute
-from ppvae.evaluation.metrics import evaluate, generate, posterior_means, reconstruct
+from ppvae.evaluation.metrics import (
+    _scored_dims,
+    baseline_log_px,
+    evaluate,
+    generate,
+    posterior_means,
+    reconstruct,
+)
 from ppvae.experiments import plots
 from ppvae.experiments.outputs import Staging, check_output_dir
 from ppvae.guides import GUIDES
@@ -290,11 +300,32 @@ def _finish(run: RunConfig, data: Dataset, result: FitResult, out: Path | None) 
             metrics = evaluate(model, guide, test, num_samples=run.eval_samples)
         if run.missing_rate and out is not None:
             metrics["imputation_rmse"] = _imputation_rmse(run, model, guide, test)
+        metrics = _mark_divergence(metrics, model, data, test, run.fit.plate)
         if out is not None:
             files.append(_write_csv(metrics, out / METRICS))
     if out is not None:
         files += _pictures(result, data, test, out)
     return RunResult(result, metrics, files)
+
+
+def _mark_divergence(metrics: pd.DataFrame, model, data: Dataset, test, plate: str):
+    """Add ``baseline_log_px`` (the independent-pixel baseline's test log-likelihood, see
+    :func:`ppvae.evaluation.metrics.baseline_log_px`) and ``diverged`` to the metrics; warn in
+    one line (rank 0) when the run ended far below the baseline."""
+    baseline = baseline_log_px(model, data.train, test, plate=plate)
+    if baseline is None:
+        return metrics.assign(baseline_log_px=math.nan, diverged=False)
+    b, log_px = baseline.mean().item(), float(metrics.log_px.iloc[0])
+    bad = diverged(log_px, b, _scored_dims(test))
+    if bad and distributed.is_main():
+        warnings.warn(
+            f"the run diverged: test log p(x) {log_px:.4g} nats per example, far below the "
+            f"{b:.4g} of independent pixels fitted to the training data (margin "
+            f"{divergence_margin(b, _scored_dims(test)):.4g}); try a lower learning rate",
+            DivergenceWarning,
+            stacklevel=2,
+        )
+    return metrics.assign(baseline_log_px=b, diverged=bad)
 
 
 def _imputation_rmse(run: RunConfig, model, guide, test: torch.Tensor) -> float:

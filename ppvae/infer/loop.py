@@ -36,12 +36,19 @@ CHECK_EVERY = 50
 HISTORY_COLUMNS = [
     "epoch",
     "train_elbo",
+    "train_objective",
     "test_elbo",
     "test_reconstruction",
     "test_kl",
     "beta",
     "seconds",
 ]
+"""The history's columns, per example in nats. ``train_objective`` is minus the mean training
+loss over the epoch's steps (the objective as trained: KL weighted by beta, or the IWAE bound).
+``train_elbo`` is the same number when the KL weight is 1 throughout; with ``beta`` != 1 or a KL
+warm-up it is the ELBO (beta = 1) of the epoch's last batch, scored after the epoch's steps with
+``test_samples`` samples per row (one forward pass, so a weighted run's history still says how
+well it models the data)."""
 
 
 def _compiled(loss: Callable) -> Callable:
@@ -117,6 +124,7 @@ class Step:
         self.params = [params[n] for n in self.names]
         self.optim = _adam(self.params, config.lr)
         self.world = distributed.ranks().world
+        self.weighted = config.beta != 1.0 or bool(config.kl_warmup_epochs)  # not the ELBO
 
     def __call__(self, x: torch.Tensor, idx: torch.Tensor, num_data: int) -> torch.Tensor:
         if is_validation_enabled():  # validation checks values on the host
@@ -282,12 +290,28 @@ class _Loop:
                 return True
         self._check(epoch, losses, checked, len(batches))  # (a stop is looked at after it)
         total = _mean_across_ranks(losses).sum().item()
-        row = {"epoch": epoch + 1, "train_elbo": -total / (len(batches) * n)}
+        objective = -total / (len(batches) * n)
+        row = {"epoch": epoch + 1, "train_elbo": objective, "train_objective": objective}
+        if self.step.weighted:
+            row["train_elbo"] = self._batch_elbo(x, batches[-1])
         with distributed.scoring_together():  # every rank scores its share of the test set
             row |= _test_row(self.model, self.guide, self.test, self.config)
         row |= {"beta": self.step.scale.value, "seconds": time.perf_counter() - start}
         self._finish_epoch(row)
         return False
+
+    def _batch_elbo(self, x: torch.Tensor, idx: torch.Tensor) -> float:
+        """The ELBO (beta = 1) per example of the rows ``idx`` of ``x``, averaged across
+        ranks (each scores its own share of the batch)."""
+        terms = elbo_terms(
+            self.model,
+            self.guide,
+            x[idx],
+            idx=idx,
+            num_samples=self.config.test_samples,
+            plate=self.config.plate,
+        )
+        return _mean_across_ranks(terms.elbo.mean()[None]).item()
 
     def _one(self, epoch, step, x, idx, n, losses, checked) -> torch.Tensor:
         try:
