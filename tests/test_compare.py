@@ -10,15 +10,8 @@ from ppvae.baselines import ppca_log_prob, ppca_mle
 from ppvae.cli import main
 from ppvae.config import ConfigError
 from ppvae.data import load_dataset
-from ppvae.experiments.compare import (
-    COLUMNS,
-    METHODS,
-    CompareConfig,
-    compare,
-    mixture_ppca,
-    ppca_closed_form,
-    prepare,
-)
+from ppvae.experiments.compare import COLUMNS, METHODS, CompareConfig, compare, prepare
+from ppvae.experiments.methods import mixture_ppca, ppca_closed_form
 from tests.conftest import cuda
 
 # few epochs and samples: these tests check the table, not how well SVI converges

@@ -23,6 +23,7 @@ from ppvae.cli import main
 from ppvae.data import DataError, load_dataset
 from ppvae.errors import DivergenceWarning
 from ppvae.evaluation.metrics import elbo_terms
+from ppvae.experiments.rows import Row
 from ppvae.experiments.run import RunConfig, train
 from tests.test_compare import TINY_ARGS
 
@@ -162,7 +163,7 @@ def _counting(monkeypatch, fail: str | None = None, error=RuntimeError):
             calls.append(name)
             if name == fail:
                 raise error(f"{name} broke\nsecond line")
-            return compare_module.Row(-10.0, 0.0, "exact", math.nan, 0.0)
+            return Row(-10.0, 0.0, "exact", math.nan, 0.0)
 
         return method
 
@@ -219,7 +220,7 @@ def test_resume_refuses_other_settings_in_one_line(tmp_path, capsys, monkeypatch
 
 def test_a_diverged_row_is_marked_in_the_table(tmp_path, capsys, monkeypatch):
     calls = _counting(monkeypatch)
-    bad = compare_module.Row(-1e9, 0.0, "exact", math.nan, 0.0)
+    bad = Row(-1e9, 0.0, "exact", math.nan, 0.0)
     compare_module.METHODS["vae"] = lambda split, config: calls.append("vae") or bad
     with pytest.warns(DivergenceWarning, match="vae diverged"):
         assert main(_cmp(tmp_path)) == 0

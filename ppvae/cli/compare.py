@@ -3,16 +3,10 @@
 from ppvae.config import ConfigError
 from ppvae.data import DATASETS
 from ppvae.errors import OutputError, PPVAEError, first_line
-from ppvae.experiments.compare import (
-    CompareConfig,
-    caption,
-    compare,
-    prepare,
-    resume_table,
-    table_paths,
-    write,
-)
+from ppvae.experiments.compare import CompareConfig, compare, to_markdown
 from ppvae.experiments.outputs import check_output_dir
+from ppvae.experiments.rows import prepare
+from ppvae.experiments.table_files import caption, resume_table, table_paths, write
 
 
 def run(args, given: set[str]) -> int:
@@ -31,7 +25,7 @@ def run(args, given: set[str]) -> int:
     title = caption(config, split)
 
     def save(frame) -> None:  # after every row: what was fitted is kept
-        write(frame, out, title, args.stem, config)
+        write(frame, out, to_markdown(frame, title), args.stem, config)
 
     try:
         frame = compare(config, split=split, done=done, on_row=save)
@@ -40,7 +34,7 @@ def run(args, given: set[str]) -> int:
             f"{first_line(err)} (the other rows are in {out / args.stem}.csv; "
             "--resume fits the rest)"
         ) from err
-    paths = write(frame, out, title, args.stem, config)
+    paths = write(frame, out, to_markdown(frame, title), args.stem, config)
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -38,7 +38,7 @@ from torch import Tensor
 from ppvae.baselines import EMPPCA, MixturePPCA, imputation_rmse, observed_column_means
 from ppvae.data.missing import mcar_split
 from ppvae.evaluation.imputation import impute
-from ppvae.experiments.compare import Baseline, _sampled_mean, _score, _svi, _timed, fit_table
+from ppvae.experiments.rows import Baseline, fit_table, sampled_mean, score_row, svi, timed
 
 COLUMNS = [
     "method", "log_px", "log_px_stderr", "estimator", "imputation_rmse", "fit_seconds", "status",
@@ -81,7 +81,7 @@ def _rmse(split: MaskedSplit, imputed: Tensor) -> float:
 
 def mean_floor(split: MaskedSplit, config) -> MissingRow:
     """Independent Gaussian pixels (observed means and variances); imputes the column means."""
-    (mean, var), seconds = _timed(lambda: _column_moments(split.train))
+    (mean, var), seconds = timed(lambda: _column_moments(split.train))
     observed = ~split.test.isnan()
     lp = -0.5 * (LOG_2PI + var.log() + (split.test - mean).square() / var)
     log_px = torch.where(observed, lp, 0.0).sum(1)
@@ -98,7 +98,7 @@ def _column_moments(x: Tensor) -> tuple[Tensor, Tensor]:
 def ppca_em(split: MaskedSplit, config) -> MissingRow:
     """PPCA by exact EM on the observed entries."""
     em = EMPPCA(config.z_dim, max_iter=config.em_max_iter, tol=config.em_tol, seed=config.seed)
-    model, seconds = _timed(lambda: em.fit(split.train))
+    model, seconds = timed(lambda: em.fit(split.train))
     log_px = model.log_prob(split.test).mean().item()
     return MissingRow(log_px, 0.0, "exact", _rmse(split, model.impute(split.test)), seconds)
 
@@ -109,7 +109,7 @@ def mixture_ppca(split: MaskedSplit, config) -> MissingRow:
         config.components, config.z_dim, max_iter=config.em_max_iter, tol=config.em_tol,
         seed=config.seed,
     )  # fmt: skip
-    model, seconds = _timed(lambda: mixture.fit(split.train))
+    model, seconds = timed(lambda: mixture.fit(split.train))
     log_px = model.log_prob(split.test).mean().item()
     return MissingRow(log_px, 0.0, "exact", _rmse(split, model.impute(split.test)), seconds)
 
@@ -120,8 +120,8 @@ def miwae(split: MaskedSplit, config) -> MissingRow:
     It imputes by importance-weighted conditional means.
     """
     options = {"objective": "iwae", "num_particles": config.num_particles}
-    model, guide, seconds = _svi("gaussian-learned", "masked-diag", split, config, **options)
-    log_px, stderr, estimator = _sampled_mean(model, guide, split.test, config)
+    model, guide, seconds = svi("gaussian-learned", "masked-diag", split, config, **options)
+    log_px, stderr, estimator = sampled_mean(model, guide, split.test, config)
     imputed = impute(model, guide, split.test.float(), num_samples=config.eval_samples).mean
     rmse = _rmse(split, imputed.to(split.test_complete))
     return MissingRow(log_px, stderr, estimator, rmse, seconds)
@@ -148,7 +148,7 @@ def compare_missing(config, split, bar=iter, *, done=None, on_row=None) -> pd.Da
     baseline = Baseline.of(masked.train, masked.test)
 
     def score(name: str, method: Callable) -> dict:
-        row = _score(name, method, masked, config)
+        row = score_row(name, method, masked, config)
         return {**row._asdict(), "status": baseline.status(name, row)}
 
     return fit_table(chosen, score, COLUMNS, bar, done=done, on_row=on_row)
