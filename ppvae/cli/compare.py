@@ -1,5 +1,6 @@
 """``ppvae compare``: PPCA, its EM fits and VAEs on one dataset, scored on one table."""
 
+from ppvae.cli.common import holding_out
 from ppvae.compare import CompareConfig, caption, compare, prepare, write
 from ppvae.data import DATASETS
 from ppvae.errors import OutputError
@@ -72,4 +73,4 @@ def add(sub) -> None:
     p.add_argument("--out", default="runs/compare", help="output folder (%(default)s)")
     p.add_argument("--stem", default="compare", help="file name stem (%(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace <out>/<stem>.csv and .md")
-    p.set_defaults(func=run, parser=p)
+    p.set_defaults(func=holding_out(run), parser=p)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ppvae.checker import check
-from ppvae.cli.common import add_arch_args, add_data_args, arch_config, describe
+from ppvae.cli.common import add_arch_args, add_data_args, arch_config, describe, holding_out
 from ppvae.config import ConfigError, DataShape
 from ppvae.data import load_dataset
 from ppvae.diagnostics import (
@@ -94,7 +94,7 @@ def add(sub) -> None:
     g.add_argument("--guide", default="diag", choices=list(GUIDES), help=describe(GUIDES))
     add_arch_args(p)
     _add_estimate_args(p)
-    p.set_defaults(func=run, parser=p)
+    p.set_defaults(func=holding_out(run), parser=p)
 
 
 def _add_estimate_args(p: argparse.ArgumentParser) -> None:
