@@ -220,14 +220,12 @@ def _contents(folder: Path) -> list[Path]:
 
 def _stays_in_place(out: Path) -> bool:
     """Whether ``out`` is a folder that cannot be renamed: the current folder (or one above
-    it), a mount point, or one a rename is refused on (tried, and undone, on an empty one)."""
+    it), a mount point, or one a rename is refused on (tried and undone, under the lock)."""
     if not out.is_dir():
         return False
     real, cwd = Path(os.path.realpath(out)), Path(os.path.realpath(os.getcwd()))
     if real == cwd or real in cwd.parents or os.path.ismount(real):
         return True
-    if _contents(out):
-        return False
     probe = hidden_sibling(real, f"probe-{os.getpid()}")
     try:
         os.rename(real, probe)

@@ -305,7 +305,8 @@ def fit(
         When another process is writing ``checkpoint`` (another ``fit`` or ``ppvae train``).
     """
     _check_checkpoint_path(checkpoint)
-    with holding(checkpoint, f"the checkpoint {checkpoint}", CHECKPOINT_HINT):
+    path = None if checkpoint is None else os.fspath(checkpoint)  # a Staging's path, shown
+    with holding(checkpoint, f"the checkpoint {path}", CHECKPOINT_HINT):
         return _fit(model, guide, data, config, checkpoint, resume, progress, on_epoch)
 
 
