@@ -148,7 +148,7 @@ def test_an_output_that_is_a_file_is_one_line(tmp_path, command):
 def test_an_output_where_no_folder_can_be_made_is_refused_before_any_work():
     """/proc passes a permission check, and refuses mkdir: the probe finds it out."""
     from ppvae.errors import OutputError
-    from ppvae.experiments.outputs import check_output_dir
+    from ppvae.outputs import check_output_dir
 
     with pytest.raises(OutputError, match="cannot write to /proc/ppvae-run"):
         check_output_dir("/proc/ppvae-run")

@@ -2,12 +2,14 @@
 configs they build, and which flags a command line gave explicitly."""
 
 import argparse
+import functools
 import re
 from collections.abc import Sequence
 
 from ppvae.config import ArchConfig
 from ppvae.data import BINARIZATIONS, DATASETS
 from ppvae.infer.fitting import FitConfig
+from ppvae.outputs import OutputLock, check_output_dir
 from ppvae.pairs.objectives import OBJECTIVES
 
 
@@ -135,3 +137,17 @@ def provided(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
     ``allow_abbrev=False``, so an option is one of its own strings or ``--opt=value``)."""
     given = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
     return {a.dest for a in parser._actions if given & set(a.option_strings)}
+
+
+def holding_out(command):
+    """``command(args, given)`` with ``args.out`` checked and held for its whole duration
+    (:class:`~ppvae.outputs.OutputLock`): a second command writing the same folder is refused
+    in one line before it does any work."""
+
+    @functools.wraps(command)
+    def held(args: argparse.Namespace, given: set[str]) -> int:
+        out = check_output_dir(args.out)
+        with OutputLock(out, str(out), "wait for it to finish, or choose another --out"):
+            return command(args, given)
+
+    return held

@@ -1,12 +1,13 @@
 """``ppvae compare``: PPCA, its EM fits and VAEs on one dataset, scored on one table."""
 
+from ppvae.cli.common import holding_out
 from ppvae.config import ConfigError
 from ppvae.data import DATASETS
 from ppvae.errors import OutputError, PPVAEError, first_line
 from ppvae.experiments.compare import CompareConfig, compare, to_markdown
-from ppvae.experiments.outputs import check_output_dir
 from ppvae.experiments.rows import prepare
 from ppvae.experiments.table_files import caption, resume_table, table_paths, write
+from ppvae.outputs import check_output_dir
 
 
 def run(args, given: set[str]) -> int:
@@ -106,4 +107,4 @@ def add(sub) -> None:
         help="keep the rows of <out>/<stem>.csv and fit only the missing, failed or "
         "interrupted ones (the settings must be those saved in <out>/<stem>.json)",
     )
-    p.set_defaults(func=run, parser=p)
+    p.set_defaults(func=holding_out(run), parser=p)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ppvae.cli.common import add_arch_args, add_data_args, arch_config, describe
+from ppvae.cli.common import add_arch_args, add_data_args, arch_config, describe, holding_out
 from ppvae.config import ConfigError, DataShape
 from ppvae.data import load_dataset
 from ppvae.experiments.gradients import (
@@ -16,10 +16,10 @@ from ppvae.experiments.gradients import (
     to_markdown,
     write_outputs,
 )
-from ppvae.experiments.outputs import check_output_dir
 from ppvae.guides import GUIDES
 from ppvae.infer.fitting import FitConfig, fit, resolve_device
 from ppvae.models import MODELS
+from ppvae.outputs import check_output_dir
 from ppvae.pairs.checker import check
 from ppvae.pairs.objectives import OBJECTIVES
 
@@ -94,7 +94,7 @@ def add(sub) -> None:
     g.add_argument("--guide", default="diag", choices=list(GUIDES), help=describe(GUIDES))
     add_arch_args(p)
     _add_estimate_args(p)
-    p.set_defaults(func=run, parser=p)
+    p.set_defaults(func=holding_out(run), parser=p)
 
 
 def _add_estimate_args(p: argparse.ArgumentParser) -> None:

@@ -32,13 +32,13 @@ from ppvae.evaluation.metrics import (
     reconstruct,
 )
 from ppvae.experiments import plots
-from ppvae.experiments.outputs import Staging, check_output_dir
 from ppvae.guides import GUIDES
 from ppvae.infer import checkpoint as ckpt
-from ppvae.infer.fitting import FitConfig, FitResult, fit, resolve_device
+from ppvae.infer.fitting import FitConfig, FitResult, fit, holding, resolve_device
 from ppvae.infer.loop import HISTORY_COLUMNS
 from ppvae.infer.resume import check_compatible
 from ppvae.models import MODELS
+from ppvae.outputs import Staging, check_output_dir, is_lock_file, resolve_link
 from ppvae.pairs import place
 
 CONFIG, HISTORY, CHECKPOINT, METRICS = "config.json", "history.csv", "checkpoint.pt", "metrics.csv"
@@ -139,7 +139,7 @@ def _check_new_run(out: Path, overwrite: bool) -> None:
     if (out / CONFIG).exists() or (out / CHECKPOINT).exists():
         if not overwrite:
             raise ConfigError(f"{out} already holds a run; pass --resume or --overwrite")
-    elif any(out.iterdir()):
+    elif any(not is_lock_file(p.name) for p in out.iterdir()):
         raise ConfigError(
             f"{out} holds other files and no run: choose an empty or new folder for --out"
         )
@@ -192,12 +192,22 @@ def train(
     ``resume``, ``history.csv`` is rewritten from the checkpoint first. The run starts from an
     empty param store, as a new process would.
 
+    ``out`` is held for the whole run (:class:`~ppvae.outputs.OutputLock`), so another run
+    into it is refused before it starts. A symbolic link is followed: the run is written where
+    it points. An empty folder that cannot be renamed (a mount point, the current folder) is
+    written in place, file by atomic file.
+
     Under ``torch.distributed`` (``torchrun``) every rank trains and evaluates its share; rank
     0 alone writes the directory.
     """
-    out = check_output_dir(out)
-    if resume:
-        return _resume(run, out, progress)
+    out = resolve_link(check_output_dir(out))
+    with holding(out, str(out), "wait for that run to finish, or choose another --out"):
+        if resume:
+            return _resume(run, out, progress)
+        return _start(run, out, overwrite, progress)
+
+
+def _start(run: RunConfig, out: Path, overwrite: bool, progress) -> RunResult:
     _check_new_run(out, overwrite)
     data = load_data(run)
     resolve_device(run.fit.device)

@@ -9,8 +9,8 @@ import pandas as pd
 from ppvae.config import ConfigError, atomic_write_text
 from ppvae.errors import first_line
 from ppvae.experiments.compare import CompareConfig
-from ppvae.experiments.outputs import make_dir
 from ppvae.experiments.rows import Split
+from ppvae.outputs import make_dir
 
 
 def caption(config: CompareConfig, split: Split) -> str:

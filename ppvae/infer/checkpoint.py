@@ -84,7 +84,7 @@ def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        kept = "; the previous checkpoint is kept" if path.exists() else ""
+        kept = "; the previous checkpoint is kept" if path.is_file() else ""
         raise OutputError(f"cannot write the checkpoint {path}: {first_line(err)}{kept}") from err
     finally:
         tmp.unlink(missing_ok=True)

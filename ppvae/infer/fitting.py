@@ -7,7 +7,9 @@ are index tensors into data already on the training device; there is no DataLoad
 import os
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pandas as pd
@@ -18,6 +20,7 @@ from tqdm.auto import tqdm
 from ppvae import distributed
 from ppvae.config import ConfigError, JsonConfig
 from ppvae.data import Dataset, validate_data
+from ppvae.errors import OutputError
 from ppvae.infer import checkpoint as ckpt
 from ppvae.infer.loop import (
     HISTORY_COLUMNS,
@@ -29,6 +32,7 @@ from ppvae.infer.loop import (
     epoch_batches,
 )
 from ppvae.infer.resume import restore, state
+from ppvae.outputs import OutputLock
 from ppvae.pairs import (
     DEFAULT_PLATE,
     batched,
@@ -295,7 +299,59 @@ def fit(
         When the data has Inf, NaN (unless the model has ``accepts_missing``; then a row
         with nothing observed), the wrong rank, or values outside [0, 1] for a Bernoulli-type
         likelihood.
+    ConfigError
+        When ``checkpoint`` is a folder, or in a folder that does not exist.
+    OutputError
+        When another process is writing ``checkpoint`` (another ``fit`` or ``ppvae train``).
     """
+    _check_checkpoint_path(checkpoint)
+    path = None if checkpoint is None else os.fspath(checkpoint)  # a Staging's path, shown
+    with holding(checkpoint, f"the checkpoint {path}", CHECKPOINT_HINT):
+        return _fit(model, guide, data, config, checkpoint, resume, progress, on_epoch)
+
+
+CHECKPOINT_HINT = "wait for it to finish, or give this fit another checkpoint path"
+
+
+def _check_checkpoint_path(checkpoint: str | os.PathLike | None) -> None:
+    """Refuse, before any work, a checkpoint path no epoch could be saved to."""
+    if checkpoint is None:
+        return
+    path = Path(os.fspath(checkpoint))
+    if path.is_dir():
+        raise ConfigError(
+            f"checkpoint={checkpoint} is a folder: give a file path, such as "
+            f"{path / 'checkpoint.pt'}"
+        )
+    if not path.absolute().parent.is_dir():
+        raise ConfigError(f"checkpoint={checkpoint}: the folder {path.parent} does not exist")
+
+
+@contextmanager
+def holding(target: str | os.PathLike | None, what: str, hint: str = ""):
+    """Hold ``target`` against other processes (:class:`~ppvae.outputs.OutputLock`) for the
+    block: rank 0 (the one that writes) takes the lock, and under torch.distributed every rank
+    learns whether it could, so all refuse together. ``None`` holds nothing."""
+    lock = OutputLock(target, what, hint) if target is not None and distributed.is_main() else None
+    refusal = None
+    try:
+        if lock is not None:
+            lock.acquire()
+    except OutputError as err:
+        refusal = str(err)
+    refusals = [r for r in distributed.gather_objects(refusal) if r]
+    if refusals:
+        if lock is not None:
+            lock.release()
+        raise OutputError(refusals[0], every_rank=True)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit(model, guide, data, config, checkpoint, resume, progress, on_epoch) -> FitResult:
     distributed.warn_if_not_initialized()
     device = distributed.local_device(resolve_device(config.device))
     train, test, dynamic = _inputs(data, model)
