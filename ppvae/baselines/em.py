@@ -24,9 +24,9 @@ from ppvae.baselines.ppca import (
     LOG_2PI,
     PPCA,
     PPCAParams,
-    _cholesky_M,
-    _like,
-    _randn,
+    cholesky_M,
+    standard_normal,
+    tensor_like,
 )
 from ppvae.data import DataError
 
@@ -59,7 +59,7 @@ class _Run(NamedTuple):
     converged: bool
 
 
-def _run_em(estep: Callable, mstep: Callable, state, max_iter: int, tol: float, ref: Tensor):
+def run_em(estep: Callable, mstep: Callable, state, max_iter: int, tol: float, ref: Tensor):
     """Alternate ``estep(state) -> (loglik, stats)`` and ``mstep(state, stats) -> state``.
 
     The trace (a tensor like ``ref``) holds the log-likelihood of the initial and of every
@@ -80,7 +80,7 @@ def _run_em(estep: Callable, mstep: Callable, state, max_iter: int, tol: float, 
 
 def _random_init(d: int, q: int, var: Tensor, generator, ref: Tensor) -> tuple[Tensor, Tensor]:
     """Gaussian ``W`` with the data's scale, and ``sigma2`` equal to the mean variance."""
-    return _randn((d, q), generator, ref) * var.sqrt(), var
+    return standard_normal((d, q), generator, ref) * var.sqrt(), var
 
 
 def ppca_em(
@@ -138,12 +138,12 @@ def ppca_em(
     if init is None:
         state = _random_init(d, q, trS / d, generator, X)
     else:
-        state = (_like(init.W, X), _like(init.sigma2, X))
+        state = (tensor_like(init.W, X), tensor_like(init.sigma2, X))
 
     def estep(state):
         W, sigma2 = state
         SW = Xc.mT @ (Xc @ W) / N
-        L = _cholesky_M(W, sigma2)
+        L = cholesky_M(W, sigma2)
         tr_CS = (trS - torch.cholesky_solve(W.mT @ SW, L).trace()) / sigma2
         logdet = (d - q) * sigma2.log() + 2 * L.diagonal().log().sum()
         return (-0.5 * (d * LOG_2PI + logdet + tr_CS)).item(), (SW, L)
@@ -157,11 +157,11 @@ def ppca_em(
         W = torch.cholesky_solve(xz.mT, torch.linalg.cholesky((zz + zz.mT) / 2)).mT
         return W, (trS - (W * xz).sum()) / d
 
-    (W, sigma2), trace, n_iter, converged = _run_em(estep, mstep, state, max_iter, tol, X)
+    (W, sigma2), trace, n_iter, converged = run_em(estep, mstep, state, max_iter, tol, X)
     return EMResult(PPCAParams(W, mu, sigma2), trace, n_iter, converged)
 
 
-def _missing_data(X: Tensor, q: int) -> tuple[Tensor, Tensor]:
+def observed_rows(X: Tensor, q: int) -> tuple[Tensor, Tensor]:
     """Drop rows with nothing observed; return them and their 0/1 mask, checking each column."""
     check_data(X, q, allow_nan=True)
     observed = ~torch.isnan(X)
@@ -215,7 +215,7 @@ def ppca_em_missing(
     DataError
         If a column is observed in fewer than 2 rows (the message names the columns).
     """
-    X, observed = _missing_data(torch.as_tensor(X, dtype=dtype), q)
+    X, observed = observed_rows(torch.as_tensor(X, dtype=dtype), q)
     O = observed.to(dtype)
     # work about the observed column means so that sums of squares do not cancel
     shift = torch.where(observed, X, 0.0).sum(0) / O.sum(0)
@@ -224,7 +224,9 @@ def ppca_em_missing(
         W, sigma2 = _random_init(X.shape[1], q, Y.square().sum() / O.sum(), generator, X)
         state = PPCAParams(W, torch.zeros_like(shift), sigma2)
     else:
-        state = PPCAParams(_like(init.W, X), _like(init.mu, X) - shift, _like(init.sigma2, X))
+        state = PPCAParams(
+            tensor_like(init.W, X), tensor_like(init.mu, X) - shift, tensor_like(init.sigma2, X)
+        )
 
     def estep(state):
         post = observed_posterior(O * (Y - state.mu), O, state.W, state.sigma2)
@@ -233,7 +235,7 @@ def ppca_em_missing(
     def mstep(state, post):
         return missing_mstep(Y, O, post)
 
-    (W, mu, sigma2), trace, n_iter, converged = _run_em(estep, mstep, state, max_iter, tol, X)
+    (W, mu, sigma2), trace, n_iter, converged = run_em(estep, mstep, state, max_iter, tol, X)
     return EMResult(PPCAParams(W, mu + shift, sigma2), trace, n_iter, converged)
 
 

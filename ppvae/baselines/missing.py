@@ -18,7 +18,7 @@ from ppvae.baselines.checks import (
     check_missing_data,
     check_params,
 )
-from ppvae.baselines.ppca import LOG_2PI, PPCAParams, _like, _randn
+from ppvae.baselines.ppca import LOG_2PI, PPCAParams, standard_normal, tensor_like
 from ppvae.data import DataError
 
 
@@ -115,9 +115,9 @@ class _Conditioned(NamedTuple):
 def _condition(X, params: PPCAParams) -> _Conditioned:
     """Check ``X`` (N, d) with NaN at missing entries and condition on its observed entries."""
     W = params.W
-    mu, sigma2 = _like(params.mu, W), _like(params.sigma2, W)
+    mu, sigma2 = tensor_like(params.mu, W), tensor_like(params.sigma2, W)
     check_params(W, mu, sigma2)
-    X = _like(X, W)
+    X = tensor_like(X, W)
     check_missing_data(X, W.shape[-2])
     observed = ~torch.isnan(X)
     post = observed_posterior(torch.where(observed, X - mu, 0.0), observed.to(W.dtype), W, sigma2)
@@ -190,9 +190,9 @@ def impute_samples(
     X, observed, (W, mu, sigma2), post = _condition(X, params)
     (N, d), q = X.shape, W.shape[1]
     scale = torch.linalg.cholesky(post.cov)
-    white = _randn((num_samples, N, q, 1), generator, W)
+    white = standard_normal((num_samples, N, q, 1), generator, W)
     z = post.mean + (scale @ white)[..., 0]
-    eps = _randn((num_samples, N, d), generator, W)
+    eps = standard_normal((num_samples, N, d), generator, W)
     return torch.where(observed, X, z @ W.mT + mu + sigma2.sqrt() * eps)
 
 
@@ -235,7 +235,7 @@ def mean_impute(X_train, X=None, *, dtype: torch.dtype = torch.float64) -> Tenso
         A copy of ``X``, observed entries unchanged.
     """
     means = observed_column_means(torch.as_tensor(X_train, dtype=dtype))
-    X = _like(X_train if X is None else X, means)
+    X = tensor_like(X_train if X is None else X, means)
     check_missing_data(X, means.shape[0])
     return torch.where(torch.isnan(X), means, X)
 
@@ -257,7 +257,7 @@ def imputation_rmse(X_true, X_imputed, missing_mask) -> float:
     float
     """
     X_true = torch.as_tensor(X_true, dtype=torch.float64)
-    X_imputed = _like(X_imputed, X_true)
+    X_imputed = tensor_like(X_imputed, X_true)
     mask = torch.as_tensor(missing_mask, device=X_true.device)
     check_mask(X_imputed, X_true.shape, "X_imputed")
     check_mask(mask, X_true.shape, "missing_mask")

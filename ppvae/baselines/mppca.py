@@ -14,11 +14,11 @@ from torch import Tensor
 from ppvae.baselines.checks import check_count, check_nonnegative
 from ppvae.baselines.mppca_em import MixtureParams, mppca_em
 from ppvae.baselines.mppca_missing import (
-    _mixture_log_joint,
     mixture_impute,
     mppca_em_missing,
+    observed_log_joint,
 )
-from ppvae.baselines.ppca import NotFittedError, _randn
+from ppvae.baselines.ppca import NotFittedError, standard_normal
 
 
 class MixtureSample(NamedTuple):
@@ -146,7 +146,7 @@ class MixturePPCA:
         return self.params_.sigma2
 
     def _log_joint(self, X) -> Tensor:
-        return _mixture_log_joint(X, self.params_)[1]
+        return observed_log_joint(X, self.params_)[1]
 
     def log_prob(self, X) -> Tensor:
         """Per-row log-likelihood of the observed entries (NaN = missing), shape (N,)."""
@@ -174,7 +174,7 @@ class MixturePPCA:
         device = weights.device if generator is None else generator.device
         labels = torch.multinomial(weights.to(device), n, replacement=True, generator=generator)
         labels = labels.to(weights.device)
-        z = _randn((n, W.shape[2]), generator, W)
-        eps = _randn((n, W.shape[1]), generator, W)
+        z = standard_normal((n, W.shape[2]), generator, W)
+        eps = standard_normal((n, W.shape[1]), generator, W)
         X = (W[labels] @ z[..., None])[..., 0] + means[labels]
         return MixtureSample(X + sigma2[labels, None].sqrt() * eps, labels)

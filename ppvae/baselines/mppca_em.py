@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from ppvae.baselines.checks import check_count, check_data, check_nonnegative, check_params
-from ppvae.baselines.em import _run_em
-from ppvae.baselines.ppca import _like, _ppca_from_covariance, ppca_log_prob
+from ppvae.baselines.em import run_em
+from ppvae.baselines.ppca import ppca_from_covariance, ppca_log_prob, tensor_like
 from ppvae.config import ConfigError
 from ppvae.data import DataError
 
@@ -84,12 +84,12 @@ def _kmeans(X: Tensor, K: int, generator: torch.Generator, n_iter: int = 100) ->
     return labels
 
 
-def _log_joint(X: Tensor, params: MixtureParams) -> Tensor:
+def component_log_joint(X: Tensor, params: MixtureParams) -> Tensor:
     """``log pi_k + log N(x_n; mu_k, W_k W_k^T + sigma_k^2 I)``, shape (N, K)."""
     return params.weights.log() + ppca_log_prob(X, params.W, params.means, params.sigma2).mT
 
 
-def _mstep(X: Tensor, R: Tensor, q: int, sigma2_min: Tensor, scatter=0.0) -> MixtureParams:
+def mixture_mstep(X: Tensor, R: Tensor, q: int, sigma2_min: Tensor, scatter=0.0) -> MixtureParams:
     """Exact M-step from responsibilities R (N, K): weighted means, then closed-form PPCA on
     each responsibility-weighted covariance ``S_k`` with ``sigma_k^2`` floored.
 
@@ -103,14 +103,14 @@ def _mstep(X: Tensor, R: Tensor, q: int, sigma2_min: Tensor, scatter=0.0) -> Mix
     means = (R.mT[:, None] @ X)[:, 0] / safe[:, None]
     Xc = X - means[:, None]
     S = ((R.mT[..., None] * Xc).mT @ Xc + scatter) / safe[:, None, None]
-    W, sigma2 = _ppca_from_covariance(S, q, sigma2_min)
+    W, sigma2 = ppca_from_covariance(S, q, sigma2_min)
     return MixtureParams(Nk / X.shape[-2], means, W, sigma2)
 
 
-def _initial_params(X: Tensor, K: int, q: int, sigma2_min: Tensor, init, generator):
+def initial_params(X: Tensor, K: int, q: int, sigma2_min: Tensor, init, generator):
     """``init`` in ``X``'s dtype and device, or the M-step of a k-means++ hard assignment."""
     if init is not None:
-        params = MixtureParams(*(_like(p, X) for p in init))
+        params = MixtureParams(*(tensor_like(p, X) for p in init))
         check_params(params.W, params.means, params.sigma2, X)
         if params.weights.shape != (K,) or params.W.shape[-1] != q:
             raise ConfigError(
@@ -121,10 +121,10 @@ def _initial_params(X: Tensor, K: int, q: int, sigma2_min: Tensor, init, generat
     if generator is None:  # like ppca_em: draw from the global RNG
         generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
     labels = _kmeans(X, K, generator)
-    return _mstep(X, torch.nn.functional.one_hot(labels, K).to(X.dtype), q, sigma2_min)
+    return mixture_mstep(X, torch.nn.functional.one_hot(labels, K).to(X.dtype), q, sigma2_min)
 
 
-def _check_rows(X: Tensor, K: int) -> None:
+def check_rows(X: Tensor, K: int) -> None:
     if X.shape[0] < K:
         raise DataError(f"need at least n_clusters={K} rows with an observed entry; got {len(X)}")
 
@@ -167,16 +167,16 @@ def mppca_em(
     check_nonnegative("sigma2_floor", sigma2_floor)
     X = torch.as_tensor(X, dtype=dtype)
     check_data(X, n_components)
-    _check_rows(X, K)
+    check_rows(X, K)
     sigma2_min = sigma2_floor * X.var(0, correction=0).mean()
-    params = _initial_params(X, K, n_components, sigma2_min, init, generator)
+    params = initial_params(X, K, n_components, sigma2_min, init, generator)
 
     def estep(params):
-        joint = _log_joint(X, params)
+        joint = component_log_joint(X, params)
         loglik = torch.logsumexp(joint, dim=1, keepdim=True)
         return loglik.mean().item(), (joint - loglik).exp()
 
     def mstep(params, R):
-        return _mstep(X, R, n_components, sigma2_min)
+        return mixture_mstep(X, R, n_components, sigma2_min)
 
-    return MixtureEMResult(*_run_em(estep, mstep, params, max_iter, tol, X))
+    return MixtureEMResult(*run_em(estep, mstep, params, max_iter, tol, X))

@@ -26,17 +26,17 @@ from ppvae.baselines.checks import (
     check_nonnegative,
     check_params,
 )
-from ppvae.baselines.em import _missing_data, _run_em
+from ppvae.baselines.em import observed_rows, run_em
 from ppvae.baselines.missing import ObservedPosterior, observed_posterior
 from ppvae.baselines.mppca_em import (
     MixtureEMResult,
     MixtureParams,
-    _check_rows,
-    _initial_params,
-    _log_joint,
-    _mstep,
+    check_rows,
+    component_log_joint,
+    initial_params,
+    mixture_mstep,
 )
-from ppvae.baselines.ppca import _like
+from ppvae.baselines.ppca import tensor_like
 
 # rows per chunk of the (rows, d, q) tensor behind the conditional scatter: bounds its memory
 _CHUNK_ELEMENTS = 2**22
@@ -83,7 +83,7 @@ def _missing_mstep(X0, O, R, posts: list[ObservedPosterior], params, q, sigma2_m
             for post, W, r, sigma2 in zip(posts, params.W, R.mT, params.sigma2, strict=True)
         ]
     )
-    return _mstep(_completed(X0, O, params, posts), R, q, sigma2_min, scatter)
+    return mixture_mstep(_completed(X0, O, params, posts), R, q, sigma2_min, scatter)
 
 
 def mppca_em_missing(
@@ -131,14 +131,14 @@ def mppca_em_missing(
     """
     K, q = check_count("n_clusters", n_clusters), n_components
     check_nonnegative("sigma2_floor", sigma2_floor)
-    X, observed = _missing_data(torch.as_tensor(X, dtype=dtype), q)
-    _check_rows(X, K)
+    X, observed = observed_rows(torch.as_tensor(X, dtype=dtype), q)
+    check_rows(X, K)
     O = observed.to(dtype)
     X0 = torch.where(observed, X, 0.0)
     fill = X0.sum(0) / O.sum(0)
     variance = (O * (X0 - fill)).square().sum(0) / O.sum(0)
     sigma2_min = sigma2_floor * variance.mean()
-    params = _initial_params(torch.where(observed, X, fill), K, q, sigma2_min, init, generator)
+    params = initial_params(torch.where(observed, X, fill), K, q, sigma2_min, init, generator)
 
     def estep(params):
         joint, posts = _observed_joint(X0, O, params)
@@ -148,22 +148,22 @@ def mppca_em_missing(
     def mstep(params, stats):
         return _missing_mstep(X0, O, *stats, params, q, sigma2_min)
 
-    return MixtureEMResult(*_run_em(estep, mstep, params, max_iter, tol, X))
+    return MixtureEMResult(*run_em(estep, mstep, params, max_iter, tol, X))
 
 
-def _mixture_log_joint(X, params: MixtureParams) -> tuple[Tensor, Tensor, list | None]:
+def observed_log_joint(X, params: MixtureParams) -> tuple[Tensor, Tensor, list | None]:
     """``log pi_k + log N(x_o; mu_k,o, C_k,oo)`` on the observed (non-NaN) entries.
 
     Returns ``X`` in the parameters' dtype (N, d), the log-joint (N, K) and, if ``X`` has NaN,
     each component's observed-dims posterior (else None, and the complete-data path is used).
     """
-    params = MixtureParams(*(_like(p, params.W) for p in params))
+    params = MixtureParams(*(tensor_like(p, params.W) for p in params))
     check_params(params.W, params.means, params.sigma2)
-    X = _like(X, params.W)
+    X = tensor_like(X, params.W)
     check_missing_data(X, params.W.shape[-2])
     observed = ~torch.isnan(X)
     if observed.all():
-        return X, _log_joint(X, params), None
+        return X, component_log_joint(X, params), None
     O = observed.to(X.dtype)
     return X, *_observed_joint(torch.where(observed, X, 0.0), O, params)
 
@@ -173,7 +173,7 @@ def mixture_log_prob(X, params: MixtureParams) -> Tensor:
 
     ``X`` (N, d) has NaN at missing entries; a row with nothing observed scores 0.
     """
-    return torch.logsumexp(_mixture_log_joint(X, params)[1], dim=1)
+    return torch.logsumexp(observed_log_joint(X, params)[1], dim=1)
 
 
 def mixture_impute(X, params: MixtureParams) -> Tensor:
@@ -191,7 +191,7 @@ def mixture_impute(X, params: MixtureParams) -> Tensor:
     Tensor, shape (N, d)
         A copy of ``X`` in ``params``' dtype and device, observed entries unchanged.
     """
-    X, joint, posts = _mixture_log_joint(X, params)
+    X, joint, posts = observed_log_joint(X, params)
     if posts is None:
         return X.clone()
     observed = ~torch.isnan(X)

@@ -59,18 +59,20 @@ class PPCAPosterior(NamedTuple):
     cov: Tensor
 
 
-def _like(value, ref: Tensor) -> Tensor:
+def tensor_like(value, ref: Tensor) -> Tensor:
     return torch.as_tensor(value, dtype=ref.dtype, device=ref.device)
 
 
-def _randn(shape: tuple[int, ...], generator: torch.Generator | None, ref: Tensor) -> Tensor:
+def standard_normal(
+    shape: tuple[int, ...], generator: torch.Generator | None, ref: Tensor
+) -> Tensor:
     """Standard normals like ``ref``, drawn on the generator's device so a CPU seed is portable."""
     device = ref.device if generator is None else generator.device
     z = torch.randn(shape, generator=generator, dtype=ref.dtype, device=device)
     return z.to(ref.device)
 
 
-def _cholesky_M(W: Tensor, sigma2: Tensor) -> Tensor:
+def cholesky_M(W: Tensor, sigma2: Tensor) -> Tensor:
     """Cholesky factor of ``M = W^T W + sigma2 I``, shape (..., q, q)."""
     eye = torch.eye(W.shape[-1], dtype=W.dtype, device=W.device)
     return torch.linalg.cholesky(W.mT @ W + sigma2[..., None, None] * eye)
@@ -82,7 +84,7 @@ def _column_signs(U: Tensor) -> Tensor:
     return torch.gather(U, -2, idx).sign()
 
 
-def _ppca_from_covariance(S: Tensor, q: int, sigma2_min=0.0) -> tuple[Tensor, Tensor]:
+def ppca_from_covariance(S: Tensor, q: int, sigma2_min=0.0) -> tuple[Tensor, Tensor]:
     """Maximum-likelihood ``W`` (..., d, q) and ``sigma2`` (...,) for a covariance S (..., d, d).
 
     ``sigma2`` is clamped below at ``sigma2_min``; with ``sigma2`` fixed, ``W`` below is still
@@ -118,11 +120,11 @@ def ppca_log_prob(X, W, mu, sigma2) -> Tensor:
         does not have ``d`` columns (DataError).
     """
     W = torch.as_tensor(W)
-    X, mu, sigma2 = _like(X, W), _like(mu, W), _like(sigma2, W)
+    X, mu, sigma2 = tensor_like(X, W), tensor_like(mu, W), tensor_like(sigma2, W)
     check_params(W, mu, sigma2, X)
     d, q = W.shape[-2:]
     Xc = X - mu[..., None, :]
-    L = _cholesky_M(W, sigma2)
+    L = cholesky_M(W, sigma2)
     # rows of B have |B_n|^2 = x_n^T W M^-1 W^T x_n, the low-rank part of x_n^T C^-1 x_n
     B = torch.linalg.solve_triangular(L.mT, Xc @ W, upper=True, left=False)
     quad = (Xc.square().sum(-1) - B.square().sum(-1)) / sigma2[..., None]
@@ -155,10 +157,10 @@ def ppca_posterior(X, W, mu, sigma2, *, check: bool = True) -> PPCAPosterior:
         does not have ``d`` columns (DataError).
     """
     W = torch.as_tensor(W)
-    X, mu, sigma2 = _like(X, W), _like(mu, W), _like(sigma2, W)
+    X, mu, sigma2 = tensor_like(X, W), tensor_like(mu, W), tensor_like(sigma2, W)
     if check:
         check_params(W, mu, sigma2, X)
-    L = _cholesky_M(W, sigma2)
+    L = cholesky_M(W, sigma2)
     mean = torch.cholesky_solve(((X - mu) @ W).mT, L).mT
     return PPCAPosterior(mean, sigma2 * torch.cholesky_inverse(L))
 
@@ -189,7 +191,7 @@ def ppca_mle(X, q: int, *, dtype: torch.dtype = torch.float64) -> PPCAParams:
     mu = X.mean(0)
     Xc = X - mu
     S = Xc.mT @ Xc / X.shape[0]
-    W, sigma2 = _ppca_from_covariance(S, q)
+    W, sigma2 = ppca_from_covariance(S, q)
     check_noise_variance(sigma2, S.trace(), q)
     return PPCAParams(W, mu, sigma2)
 
@@ -211,10 +213,10 @@ def ppca_sample(n: int, W, mu, sigma2, generator: torch.Generator | None = None)
     Tensor, shape (n, d)
     """
     W = torch.as_tensor(W)
-    mu, sigma2 = _like(mu, W), _like(sigma2, W)
+    mu, sigma2 = tensor_like(mu, W), tensor_like(sigma2, W)
     d, q = W.shape
-    z = _randn((n, q), generator, W)
-    eps = _randn((n, d), generator, W)
+    z = standard_normal((n, q), generator, W)
+    eps = standard_normal((n, d), generator, W)
     return z @ W.mT + mu + sigma2.sqrt() * eps
 
 
@@ -272,7 +274,7 @@ class PPCA:
         """A fitted model with the given ``W`` (d, q), ``mu`` (d,) and ``sigma2`` ()."""
         W = torch.as_tensor(W)
         W = W if W.is_floating_point() else W.to(torch.float64)
-        mu, sigma2 = _like(mu, W), _like(sigma2, W)
+        mu, sigma2 = tensor_like(mu, W), tensor_like(sigma2, W)
         if W.ndim != 2:
             raise ConfigError(f"W must have shape (d, q); got shape {tuple(W.shape)}")
         check_params(W, mu, sigma2)
