@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ppvae.errors import DataError  # its historical home: importable from here too
+from ppvae.errors import DataError, shown  # DataError: importable from here too (its old home)
 
 #: Where the Debian package ``dataset-fashion-mnist`` installs its gzip'ed IDX files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -402,7 +402,7 @@ def _one_line(err: BaseException) -> str:
 
 def _choose(choices: dict, key: str, what: str):
     if key not in choices:
-        raise DataError(f"unknown {what} {key!r}; choose one of: {', '.join(choices)}")
+        raise DataError(f"unknown {what} {shown(key)}; choose one of: {', '.join(choices)}")
     return choices[key]
 
 
@@ -482,7 +482,7 @@ def load_dataset(
         validate_data(x, unit_interval=data.image_shape is not None, what=f"{name} {what}")
     if binarize != "none" and data.image_shape is None:
         raise DataError(
-            f"binarize={binarize!r} needs pixel data in [0, 1], but {name} is real-valued; "
+            f"binarize={shown(binarize)} needs pixel data in [0, 1], but {name} is real-valued; "
             "use binarize='none'"
         )
     return binarizer(data, torch.Generator().manual_seed(seed))

@@ -18,7 +18,7 @@ from ppvae import distributed, plots
 from ppvae.baselines import imputation_rmse
 from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig, atomic_write_text
 from ppvae.data import BINARIZATIONS, DATASETS, Dataset, load_dataset
-from ppvae.errors import OutputError, first_line
+from ppvae.errors import OutputError, first_line, shown
 from ppvae.evaluate import evaluate, generate, posterior_means, reconstruct
 from ppvae.guides import GUIDES
 from ppvae.imputation import impute
@@ -36,7 +36,7 @@ PICTURES = ("elbo.png", "reconstructions.png", "samples.png", "latent.png")
 
 def _choose(kind: str, name: str, registry) -> None:
     if name not in registry:
-        raise ConfigError(f"unknown {kind} '{name}'; choose one of: {', '.join(registry)}")
+        raise ConfigError(f"unknown {kind} {shown(name)}; choose one of: {', '.join(registry)}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,6 +20,7 @@ from ppvae import distributed
 from ppvae.checker import check
 from ppvae.config import ConfigError, JsonConfig
 from ppvae.data import Dataset, validate_data
+from ppvae.errors import shown
 from ppvae.loop import (
     HISTORY_COLUMNS,
     Step,
@@ -110,7 +111,8 @@ class FitConfig(JsonConfig):
         self.check_types()
         if self.objective not in OBJECTIVES:
             choices = ", ".join(OBJECTIVES)
-            raise ConfigError(f"unknown objective '{self.objective}'; choose one of: {choices}")
+            name = shown(self.objective)
+            raise ConfigError(f"unknown objective {name}; choose one of: {choices}")
         for name in ("epochs", "batch_size", "num_particles", "test_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -156,11 +158,11 @@ def resolve_device(name: str, *, check_available: bool = True) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"unknown device '{name}'; choose one of: auto, cpu, cuda, cuda:N")
+        raise ConfigError(f"unknown device {shown(name)}; choose one of: auto, cpu, cuda, cuda:N")
     try:
         device = torch.device(name)
     except RuntimeError:
-        msg = f"unknown device '{name}'; choose one of: auto, cpu, cuda, cuda:N"
+        msg = f"unknown device {shown(name)}; choose one of: auto, cpu, cuda, cuda:N"
         raise ConfigError(msg) from None
     if check_available and device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but CUDA is not available; use --device cpu")

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from ppvae.cli import compare, gradients, train
-from ppvae.cli.common import provided
+from ppvae.cli.common import Parser, provided
 from ppvae.distributed import main_process, rank_label
 from ppvae.errors import PPVAEError, first_line
 
@@ -21,7 +21,7 @@ SUBCOMMANDS = [train.add, gradients.add, compare.add]
 def parser() -> argparse.ArgumentParser:
     from ppvae import __version__
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="ppvae",
         allow_abbrev=False,
         description="Variational autoencoders as Pyro models and guides, with PPCA as the oracle.",
