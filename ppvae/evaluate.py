@@ -97,15 +97,22 @@ def _row_chunks(n: int, per_row: int, max_rows: int = MAX_ROWS):
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _checked(model, guide, x, idx, plate: str) -> None:
-    """Validate the data, then the pair on its first rows, as ``fit`` does before training."""
+def _validated(model, x: torch.Tensor) -> torch.Tensor:
+    """``x`` checked for ``model`` (float32 if it was half precision)."""
     unit = getattr(model, "requires_unit_interval", False)
     missing = getattr(model, "accepts_missing", False)  # NaN = a missing entry
-    validate_data(x, unit_interval=unit, missing=missing, what="evaluation data")
+    return validate_data(x, unit_interval=unit, missing=missing, what="evaluation data")
+
+
+def _checked(model, guide, x, idx, plate: str) -> torch.Tensor:
+    """The data validated, then the pair checked on its first rows, as ``fit`` does before
+    training; returns the data as scored (:func:`_validated`)."""
+    x = _validated(model, x)
     rows = slice(0, min(PROBE_ROWS, x.shape[0]))
     sub = None if idx is None else idx[rows]
     with aside(x):  # checking draws no numbers from the stream the scoring uses
         check(model, guide, x[rows], idx=sub, objective=None, plate=plate)
+    return x
 
 
 @torch.no_grad()
@@ -141,7 +148,7 @@ def elbo_terms(
         Three tensors of shape (N,), in nats. With enumerated discrete latents, the
         reconstruction is log p(x | z) with them summed out and the KL is log q(z|x) - log p(z).
     """
-    _checked(model, guide, x, idx, plate)
+    x = _checked(model, guide, x, idx, plate)
     pair = scored_pair(model, guide, x, idx, plate)
     n, (x, idx) = x.shape[0], _shard(x, idx)
     parts = []
@@ -207,7 +214,7 @@ def log_likelihood(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    _checked(model, guide, x, idx, plate)
+    x = _checked(model, guide, x, idx, plate)
     pair = scored_pair(model, guide, x, idx, plate)
     n, (x, idx) = x.shape[0], _shard(x, idx)
     log_px, stderr = [], []
@@ -306,6 +313,7 @@ def evaluate(
     all per example in nats except where named. The model and guide are scored with the
     parameters they hold now (Pyro's param store), whatever their calling convention.
     """
+    x = _validated(model, x)
     terms = elbo_terms(model, guide, x, idx=idx, num_samples=10, plate=plate)
     ll = log_likelihood(model, guide, x, num_samples=num_samples, idx=idx, plate=plate)
     log_px = ll.log_px.mean().item()

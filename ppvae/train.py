@@ -191,9 +191,9 @@ def _inputs(data: Dataset | torch.Tensor, model):
     )
     unit = getattr(model, "requires_unit_interval", False)
     missing = getattr(model, "accepts_missing", False)  # NaN = a missing entry
-    validate_data(train, unit_interval=unit, missing=missing, what="training data")
+    train = validate_data(train, unit_interval=unit, missing=missing, what="training data")
     if test is not None:
-        validate_data(test, unit_interval=unit, missing=missing, what="test data")
+        test = validate_data(test, unit_interval=unit, missing=missing, what="test data")
     return train, test, dynamic
 
 
