@@ -151,11 +151,12 @@ def elbo_terms(
     x = _checked(model, guide, x, idx, plate)
     pair = scored_pair(model, guide, x, idx, plate)
     n, (x, idx) = x.shape[0], _shard(x, idx)
-    parts = []
-    for rows in _row_chunks(x.shape[0], num_samples, _chunk_rows(pair, x, idx)):
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    parts, max_rows = [], _chunk_rows(pair, x, idx)
+    for rows in _row_chunks(x.shape[0], min(num_samples, max_rows), max_rows):
         sub = None if idx is None else idx[rows]
-        rec, kl = draws(pair, x[rows], sub, num_samples, lambda m, g: pair.terms(m, g, analytic))
-        parts.append((rec.mean(0), kl.mean(0)))
+        parts.append(_streamed_terms(pair, x[rows], sub, num_samples, max_rows, analytic))
     columns = zip(*parts, strict=True) if parts else ((), ())
     rec, kl = (distributed.gather_rows(_cat(t, x), n) for t in columns)
     return ElboTerms(rec - kl, rec, kl)
@@ -171,6 +172,21 @@ def _shard(x: torch.Tensor, idx):
     (:func:`ppvae.distributed.scoring_together`); all the rows otherwise."""
     rows = distributed.shard_rows(x.shape[0])
     return x[rows], None if idx is None else idx[rows]
+
+
+def _streamed_terms(pair: ScoredPair, x, idx, num_samples: int, max_rows: int, analytic: bool):
+    """Mean reconstruction and KL over ``num_samples`` draws, each of shape (B,), summed over
+    blocks of draws of at most ``max_rows`` rows (one block: the plain mean)."""
+    k_step = max(1, min(num_samples, max_rows // x.shape[0]))
+    if k_step == num_samples:
+        rec, kl = draws(pair, x, idx, num_samples, lambda m, g: pair.terms(m, g, analytic))
+        return rec.mean(0), kl.mean(0)
+    rec = kl = x.new_zeros(x.shape[0])
+    for start in range(0, num_samples, k_step):
+        k = min(k_step, num_samples - start)
+        r, q = draws(pair, x, idx, k, lambda m, g: pair.terms(m, g, analytic))
+        rec, kl = rec + r.sum(0), kl + q.sum(0)
+    return rec / num_samples, kl / num_samples
 
 
 def _streamed_log_moments(pair: ScoredPair, x, idx, num_samples: int, max_rows: int):
