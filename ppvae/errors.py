@@ -56,6 +56,28 @@ class OutputError(PPVAEError, OSError):
     every_rank = False  # rank 0 alone writes
 
 
+SHOWN_LIMIT = 80
+"""Characters of a user's value that an error message echoes (:func:`shown`)."""
+
+
+def shown(value, limit: int = SHOWN_LIMIT) -> str:
+    """``value`` quoted for an error message, cut to ``limit`` characters: a 20 MB name is
+    not echoed whole, and a newline in it cannot break the message's one line.
+
+    Examples
+    --------
+    >>> shown("bernouli")
+    "'bernouli'"
+    >>> shown("a" * 100, limit=4)
+    "'aaaa…' (100 characters)"
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    quoted = repr(text[:limit])
+    return f"{quoted[:-1]}…{quoted[-1]} ({len(text)} characters)"
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an error's message (Pyro and torch append dumps), or its type's name."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0]

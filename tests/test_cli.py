@@ -82,7 +82,7 @@ def test_unknown_names_list_the_choices(capsys):
         main(["train", "--guide", "vampprior"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "invalid choice: 'vampprior'" in err and "diag" in err and "flow" in err
+    assert "unknown choice 'vampprior'" in err and "diag" in err and "flow" in err
 
 
 def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, capsys):

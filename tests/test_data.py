@@ -258,8 +258,9 @@ def test_validate_data_errors(x, kwargs, expected):
 
 
 def test_validate_data_accepts_good_data():
-    assert validate_data(torch.rand(4, 3, dtype=torch.float64), unit_interval=True) is None
-    assert validate_data(torch.randn(4, 3)) is None  # real-valued data without unit_interval
+    x, y = torch.rand(4, 3, dtype=torch.float64), torch.randn(4, 3)
+    assert validate_data(x, unit_interval=True) is x  # good data comes back as it was
+    assert validate_data(y) is y  # real-valued data without unit_interval
 
 
 def test_unknown_names_list_the_choices():

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 
 from ppvae.cli import compare, gradients, train
-from ppvae.cli.common import provided
+from ppvae.cli.common import Parser, provided
 from ppvae.distributed import main_process, rank_label
 from ppvae.errors import DivergenceWarning, PPVAEError, first_line
 
@@ -22,7 +22,7 @@ SUBCOMMANDS = [train.add, gradients.add, compare.add]
 def parser() -> argparse.ArgumentParser:
     from ppvae import __version__
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="ppvae",
         allow_abbrev=False,
         description="Variational autoencoders as Pyro models and guides, with PPCA as the oracle.",

@@ -2,15 +2,68 @@
 configs they build, and which flags a command line gave explicitly."""
 
 import argparse
+import difflib
 import functools
 import re
+import sys
 from collections.abc import Sequence
 
 from ppvae.config import ArchConfig
 from ppvae.data import BINARIZATIONS, DATASETS
+from ppvae.distributed import main_process
+from ppvae.errors import SHOWN_LIMIT, shown
 from ppvae.infer.fitting import FitConfig
 from ppvae.outputs import OutputLock, check_output_dir
 from ppvae.pairs.objectives import OBJECTIVES
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line, ``ppvae: error: ...``, exit status 2,
+    with "did you mean" for a mistyped choice or option and long values cut (:func:`shown`).
+
+    Its subparsers are of this class too. Under torchrun, rank 0 alone prints the line (every
+    rank parses the same command line); ``--help`` and ``--version`` are argparse's own.
+    """
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:  # the subcommand's parser (set as a default by each subcommand) names them
+            self.error(unrecognized(extras, getattr(namespace, "parser", self)))
+        return namespace
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            raise argparse.ArgumentError(action, unknown_choice(value, action.choices))
+
+    def error(self, message: str):
+        if main_process():
+            print(f"ppvae: error: {_cut(message.removeprefix('argument '))}", file=sys.stderr)
+        self.exit(2)
+
+
+def unknown_choice(value, choices) -> str:
+    """'unknown choice 'x'; did you mean 'y'? (choices: ...)' for a value not in ``choices``."""
+    names = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(value), names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown choice {shown(value)}{hint} (choices: {', '.join(names)})"
+
+
+def unrecognized(extras: Sequence[str], parser: argparse.ArgumentParser) -> str:
+    """One line for arguments no option takes, with the closest option to the first flag."""
+    options = {o.lstrip("-"): o for a in parser._actions for o in a.option_strings}
+    flags = [a.split("=", 1)[0].lstrip("-") for a in extras if a.startswith("-")]
+    close = difflib.get_close_matches(flags[0], options, n=1) if flags else []
+    hint = f"; did you mean {options[close[0]]!r}?" if close else ""
+    what = "argument" if len(extras) == 1 else f"{len(extras)} arguments"
+    listed = ", ".join(shown(a) for a in extras[:3]) + (", ..." if len(extras) > 3 else "")
+    return f"unrecognized {what} {listed}{hint} (see '{parser.prog} --help')"
+
+
+def _cut(message: str) -> str:
+    """argparse's message on one line, with any quoted value longer than SHOWN_LIMIT cut."""
+    line = " ".join(message.split())
+    return re.sub(rf"'([^'…]{{{SHOWN_LIMIT + 1},}})'", lambda m: shown(m.group(1)), line)
 
 
 def one_line(text: str) -> str:

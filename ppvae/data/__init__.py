@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import uuid
+import warnings
 import zlib
 from collections.abc import Callable
 from contextlib import suppress
@@ -19,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ppvae.errors import DataError  # its historical home: importable from here too
+from ppvae.errors import DataError, shown  # DataError: importable from here too (its old home)
 
 #: Where the Debian package ``dataset-fashion-mnist`` installs its gzip'ed IDX files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -73,10 +74,16 @@ class Dataset(NamedTuple):
     params: dict[str, Tensor] | None = None
 
 
+HALF_PRECISION = (torch.float16, torch.bfloat16)
+"""Dtypes that data is upcast from (to float32, with a note): a log-density summed over a row
+overflows float16 at the first step, and bfloat16 keeps 3 significant digits."""
+
+
 def validate_data(
     x: Tensor, *, unit_interval: bool = False, missing: bool = False, what: str = "data"
-) -> None:
-    """Raise :class:`DataError` unless ``x`` is a finite, non-empty ``(N, D)`` float tensor.
+) -> Tensor:
+    """``x``, after raising :class:`DataError` unless it is a finite, non-empty ``(N, D)``
+    float tensor; float16 and bfloat16 data comes back as float32, with a warning that says so.
 
     Parameters
     ----------
@@ -89,6 +96,11 @@ def validate_data(
         row has an observed entry; the other checks then apply to the observed entries.
     what : str
         How to name ``x`` in the message.
+
+    Returns
+    -------
+    Tensor, shape (N, D)
+        ``x`` itself, or a float32 copy of half-precision data.
 
     Examples
     --------
@@ -112,7 +124,20 @@ def validate_data(
         raise DataError(f"{what} is empty (shape {tuple(x.shape)})")
     if not x.is_floating_point():
         raise DataError(f"{what} must have a floating dtype, got {x.dtype}; use x.float()")
+    x = _upcast(x, what)
     _check_values(x, what, unit_interval, missing)
+    return x
+
+
+def _upcast(x: Tensor, what: str) -> Tensor:
+    if x.dtype not in HALF_PRECISION:
+        return x
+    warnings.warn(
+        f"{what} is {x.dtype}: ppvae upcasts it to torch.float32, since log-densities in half "
+        "precision overflow (pass x.float() to skip this note)",
+        stacklevel=3,
+    )
+    return x.float()
 
 
 def _check_values(x: Tensor, what: str, unit_interval: bool, missing: bool = False) -> None:
@@ -402,7 +427,7 @@ def _one_line(err: BaseException) -> str:
 
 def _choose(choices: dict, key: str, what: str):
     if key not in choices:
-        raise DataError(f"unknown {what} {key!r}; choose one of: {', '.join(choices)}")
+        raise DataError(f"unknown {what} {shown(key)}; choose one of: {', '.join(choices)}")
     return choices[key]
 
 
@@ -482,7 +507,7 @@ def load_dataset(
         validate_data(x, unit_interval=data.image_shape is not None, what=f"{name} {what}")
     if binarize != "none" and data.image_shape is None:
         raise DataError(
-            f"binarize={binarize!r} needs pixel data in [0, 1], but {name} is real-valued; "
+            f"binarize={shown(binarize)} needs pixel data in [0, 1], but {name} is real-valued; "
             "use binarize='none'"
         )
     return binarizer(data, torch.Generator().manual_seed(seed))

@@ -141,7 +141,7 @@ def validate_missing(
     -------
     Tensor, shape (N, D)
     """
-    validate_data(x, unit_interval=unit_interval, missing=True, what=what)
+    x = validate_data(x, unit_interval=unit_interval, missing=True, what=what)
     if mask is None:
         return x
     check_mask(x, mask, what)

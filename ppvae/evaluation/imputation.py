@@ -13,7 +13,9 @@ ICML 2019), read from Pyro's traces by :mod:`ppvae.pairs.scoring`. With wbar_k =
 
 Both converge to the exact conditional as K grows. Rows are processed in chunks, and the K
 samples of a chunk in blocks whose summaries are merged exactly, so memory stays bounded for
-any K. A fitted :class:`ppvae.baselines.PPCA` (or ``EMPPCA``) imputes through its exact
+any K; the M imputations are drawn in blocks too, into one (M, N, D) tensor, which is refused
+up front when it would take more than :data:`MEMORY_FRACTION` of the free memory. A fitted
+:class:`ppvae.baselines.PPCA` (or ``EMPPCA``) imputes through its exact
 conditional Gaussian with the same call.
 """
 
@@ -30,11 +32,18 @@ from ppvae.baselines import impute as exact_impute
 from ppvae.baselines import impute_samples as exact_impute_samples
 from ppvae.config import ConfigError
 from ppvae.data.missing import validate_missing
+from ppvae.errors import ModelGuideError
 from ppvae.pairs import DEFAULT_PLATE, aside, observed_site
-from ppvae.pairs.scoring import ScoredPair, scored_pair
+from ppvae.pairs.checker import check
+from ppvae.pairs.scoring import PROBE_ROWS, ScoredPair, free_memory, scored_pair
 
 MAX_ROWS = 1 << 15
 """Rows (examples x samples) pushed through a model and guide at once."""
+
+MEMORY_FRACTION = 0.5
+"""Share of the free memory (of the data's device) that the M imputations, (M, N, D), may take
+with their working copies (as large again at most: the chosen latents and draws of a chunk of
+rows); more is refused before any work."""
 
 
 class Imputation(NamedTuple):
@@ -110,6 +119,11 @@ def impute(
     ------
     DataError
         For a mask of the wrong shape or dtype, a row with nothing observed, or Inf.
+    ModelGuideError
+        For missing entries and a model without ``accepts_missing``, or a guide that cannot
+        read them.
+    ConfigError
+        For M imputations that would not fit in :data:`MEMORY_FRACTION` of the free memory.
 
     Examples
     --------
@@ -130,21 +144,55 @@ def impute(
             f"need num_samples >= 1 and multiple >= 0, got {num_samples}, {multiple}"
         )
     if isinstance(model, BaselinePPCA):
-        return _exact(model, guide, x, mask, multiple, generator)
+        x = validate_missing(torch.as_tensor(x), mask, what="data to impute")
+        _check_fits(multiple, x)
+        return _exact(model, guide, x, multiple, generator)
     unit = getattr(model, "requires_unit_interval", False)
     x = validate_missing(x, mask, unit_interval=unit, what="data to impute")
+    _check_fits(multiple, x)
+    with torch.no_grad():
+        _check_pair(model, guide, x, plate)
     with torch.no_grad(), _seeded(generator, x):
         pair = scored_pair(model, guide, x, None, plate)
         if pair.structure.global_latents:
             names = ", ".join(pair.structure.global_latents)
             raise ConfigError(f"impute needs local latents only; the model has global ({names})")
         step = max(1, MAX_ROWS // max(num_samples, multiple, 1))
+        samples = x.new_empty((multiple, *x.shape))
         parts = [
-            _impute_rows(pair, x[i : i + step], num_samples, multiple)
+            _impute_rows(pair, x[i : i + step], num_samples, samples[:, i : i + step])
             for i in range(0, x.shape[0], step)
         ]
-    mean, samples, stderr, ess = zip(*parts, strict=True)
-    return Imputation(torch.cat(mean), torch.cat(samples, 1), torch.cat(stderr), torch.cat(ess))
+    mean, stderr, ess = zip(*parts, strict=True)
+    return Imputation(torch.cat(mean), samples, torch.cat(stderr), torch.cat(ess))
+
+
+def _check_fits(multiple: int, x: Tensor) -> None:
+    """ConfigError, before any work, when M imputations of ``x`` would take more than
+    :data:`MEMORY_FRACTION` of the free memory."""
+    need = 2 * multiple * x.numel() * x.element_size()  # the imputations and working copies
+    free = free_memory(x.device)
+    if need > MEMORY_FRACTION * free:
+        most = int(MEMORY_FRACTION * free) // (2 * x.numel() * x.element_size())
+        raise ConfigError(
+            f"multiple={multiple} imputations of {x.shape[0]} x {x.shape[1]} data would take "
+            f"{need / 2**30:.3g} GiB, more than {MEMORY_FRACTION:.0%} of the "
+            f"{free / 2**30:.3g} GiB free: ask for at most {most}, or impute fewer rows at once"
+        )
+
+
+def _check_pair(model, guide, x: Tensor, plate: str) -> None:
+    """One line, not a Pyro dump, when the pair cannot read the missing entries of ``x``."""
+    if not bool(x.isnan().any()):
+        return
+    if not getattr(model, "accepts_missing", False):
+        raise ModelGuideError(
+            "impute needs a model that scores only the observed entries (accepts_missing): "
+            "build it with missing=True (DataShape(..., missing=True)) and pair it with a "
+            "guide that reads the mask (GUIDES['masked-diag'])"
+        )
+    with aside(x):  # checking draws no numbers from the stream the imputation uses
+        check(model, guide, x[:PROBE_ROWS], objective=None, plate=plate)
 
 
 @contextlib.contextmanager
@@ -162,10 +210,9 @@ def _seeded(generator: torch.Generator | None, x: Tensor):
         yield
 
 
-def _exact(ppca: BaselinePPCA, guide, x, mask, multiple: int, generator) -> Imputation:
+def _exact(ppca: BaselinePPCA, guide, x, multiple: int, generator) -> Imputation:
     if guide is not None:
         raise ConfigError("a fitted PPCA imputes through its exact conditional: pass guide=None")
-    x = validate_missing(torch.as_tensor(x), mask, what="data to impute")
     mean = exact_impute(x, ppca.params_)
     if multiple:
         samples = exact_impute_samples(x, ppca.params_, multiple, generator)
@@ -175,16 +222,22 @@ def _exact(ppca: BaselinePPCA, guide, x, mask, multiple: int, generator) -> Impu
     return Imputation(mean, samples, torch.zeros_like(mean), ess)
 
 
-def _impute_rows(pair: ScoredPair, x: Tensor, k: int, m: int):
-    """(mean, samples, stderr, ess) of the rows of ``x``, from blocks of at most MAX_ROWS."""
-    size = max(1, min(k, MAX_ROWS // x.shape[0]))
+def _impute_rows(pair: ScoredPair, x: Tensor, k: int, out: Tensor):
+    """(mean, stderr, ess) of the rows of ``x``, from blocks of at most MAX_ROWS; the M
+    imputations (``out``, shape (M, B, D)) are written in place, in blocks of draws."""
+    size, m = max(1, min(k, MAX_ROWS // x.shape[0])), out.shape[0]
     blocks = [_block(pair, x, min(size, k - start), m) for start in range(0, k, size)]
     share, mean, sq, quad = _merge(blocks)
     missing = x.isnan()
-    samples = _draw(pair, x, _resample(share, blocks, m), m) if m else x.new_empty((0, *x.shape))
+    if m:
+        chosen = _resample(share, blocks, m)
+        per = max(1, MAX_ROWS // x.shape[0])  # draws at once
+        for start in range(0, m, per):
+            part = {name: z[start : start + per] for name, z in chosen.items()}
+            drawn = _draw(pair, x, part, min(per, m - start))
+            out[start : start + per] = torch.where(missing, drawn, x)
     return (
         torch.where(missing, mean, x),
-        torch.where(missing, samples, x),
         torch.where(missing, quad.clamp(min=0).sqrt(), 0.0),
         1 / sq,
     )

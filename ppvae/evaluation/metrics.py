@@ -98,15 +98,22 @@ def _row_chunks(n: int, per_row: int, max_rows: int = MAX_ROWS):
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _checked(model, guide, x, idx, plate: str) -> None:
-    """Validate the data, then the pair on its first rows, as ``fit`` does before training."""
+def _validated(model, x: torch.Tensor) -> torch.Tensor:
+    """``x`` checked for ``model`` (float32 if it was half precision)."""
     unit = getattr(model, "requires_unit_interval", False)
     missing = getattr(model, "accepts_missing", False)  # NaN = a missing entry
-    validate_data(x, unit_interval=unit, missing=missing, what="evaluation data")
+    return validate_data(x, unit_interval=unit, missing=missing, what="evaluation data")
+
+
+def _checked(model, guide, x, idx, plate: str) -> torch.Tensor:
+    """The data validated, then the pair checked on its first rows, as ``fit`` does before
+    training; returns the data as scored (:func:`_validated`)."""
+    x = _validated(model, x)
     rows = slice(0, min(PROBE_ROWS, x.shape[0]))
     sub = None if idx is None else idx[rows]
     with aside(x):  # checking draws no numbers from the stream the scoring uses
         check(model, guide, x[rows], idx=sub, objective=None, plate=plate)
+    return x
 
 
 @torch.no_grad()
@@ -142,14 +149,15 @@ def elbo_terms(
         Three tensors of shape (N,), in nats. With enumerated discrete latents, the
         reconstruction is log p(x | z) with them summed out and the KL is log q(z|x) - log p(z).
     """
-    _checked(model, guide, x, idx, plate)
+    x = _checked(model, guide, x, idx, plate)
     pair = scored_pair(model, guide, x, idx, plate)
     n, (x, idx) = x.shape[0], _shard(x, idx)
-    parts = []
-    for rows in _row_chunks(x.shape[0], num_samples, _chunk_rows(pair, x, idx)):
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    parts, max_rows = [], _chunk_rows(pair, x, idx)
+    for rows in _row_chunks(x.shape[0], min(num_samples, max_rows), max_rows):
         sub = None if idx is None else idx[rows]
-        rec, kl = draws(pair, x[rows], sub, num_samples, lambda m, g: pair.terms(m, g, analytic))
-        parts.append((rec.mean(0), kl.mean(0)))
+        parts.append(_streamed_terms(pair, x[rows], sub, num_samples, max_rows, analytic))
     columns = zip(*parts, strict=True) if parts else ((), ())
     rec, kl = (distributed.gather_rows(_cat(t, x), n) for t in columns)
     return ElboTerms(rec - kl, rec, kl)
@@ -165,6 +173,21 @@ def _shard(x: torch.Tensor, idx):
     (:func:`ppvae.distributed.scoring_together`); all the rows otherwise."""
     rows = distributed.shard_rows(x.shape[0])
     return x[rows], None if idx is None else idx[rows]
+
+
+def _streamed_terms(pair: ScoredPair, x, idx, num_samples: int, max_rows: int, analytic: bool):
+    """Mean reconstruction and KL over ``num_samples`` draws, each of shape (B,), summed over
+    blocks of draws of at most ``max_rows`` rows (one block: the plain mean)."""
+    k_step = max(1, min(num_samples, max_rows // x.shape[0]))
+    if k_step == num_samples:
+        rec, kl = draws(pair, x, idx, num_samples, lambda m, g: pair.terms(m, g, analytic))
+        return rec.mean(0), kl.mean(0)
+    rec = kl = x.new_zeros(x.shape[0])
+    for start in range(0, num_samples, k_step):
+        k = min(k_step, num_samples - start)
+        r, q = draws(pair, x, idx, k, lambda m, g: pair.terms(m, g, analytic))
+        rec, kl = rec + r.sum(0), kl + q.sum(0)
+    return rec / num_samples, kl / num_samples
 
 
 def _streamed_log_moments(pair: ScoredPair, x, idx, num_samples: int, max_rows: int):
@@ -208,7 +231,7 @@ def log_likelihood(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    _checked(model, guide, x, idx, plate)
+    x = _checked(model, guide, x, idx, plate)
     pair = scored_pair(model, guide, x, idx, plate)
     n, (x, idx) = x.shape[0], _shard(x, idx)
     log_px, stderr = [], []
@@ -307,6 +330,7 @@ def evaluate(
     all per example in nats except where named. The model and guide are scored with the
     parameters they hold now (Pyro's param store), whatever their calling convention.
     """
+    x = _validated(model, x)
     terms = elbo_terms(model, guide, x, idx=idx, num_samples=10, plate=plate)
     ll = log_likelihood(model, guide, x, num_samples=num_samples, idx=idx, plate=plate)
     log_px = ll.log_px.mean().item()

@@ -21,7 +21,7 @@ from ppvae.baselines.independent import diverged, divergence_margin
 from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig, atomic_write_text
 from ppvae.data import BINARIZATIONS, DATASETS, Dataset, load_dataset
 from ppvae.data.missing import mcar_dataset
-from ppvae.errors import DivergenceWarning, OutputError, first_line
+from ppvae.errors import DivergenceWarning, OutputError, first_line, shown
 from ppvae.evaluation.imputation import impute
 from ppvae.evaluation.metrics import (
     _scored_dims,
@@ -47,7 +47,7 @@ PICTURES = ("elbo.png", "reconstructions.png", "samples.png", "latent.png")
 
 def _choose(kind: str, name: str, registry) -> None:
     if name not in registry:
-        raise ConfigError(f"unknown {kind} '{name}'; choose one of: {', '.join(registry)}")
+        raise ConfigError(f"unknown {kind} {shown(name)}; choose one of: {', '.join(registry)}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ppvae import distributed
 from ppvae.config import ConfigError, JsonConfig
 from ppvae.data import Dataset, validate_data
-from ppvae.errors import OutputError
+from ppvae.errors import OutputError, shown
 from ppvae.infer import checkpoint as ckpt
 from ppvae.infer.loop import (
     HISTORY_COLUMNS,
@@ -114,7 +114,8 @@ class FitConfig(JsonConfig):
         self.check_types()
         if self.objective not in OBJECTIVES:
             choices = ", ".join(OBJECTIVES)
-            raise ConfigError(f"unknown objective '{self.objective}'; choose one of: {choices}")
+            name = shown(self.objective)
+            raise ConfigError(f"unknown objective {name}; choose one of: {choices}")
         for name in ("epochs", "batch_size", "num_particles", "test_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -160,11 +161,11 @@ def resolve_device(name: str, *, check_available: bool = True) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"unknown device '{name}'; choose one of: auto, cpu, cuda, cuda:N")
+        raise ConfigError(f"unknown device {shown(name)}; choose one of: auto, cpu, cuda, cuda:N")
     try:
         device = torch.device(name)
     except RuntimeError:
-        msg = f"unknown device '{name}'; choose one of: auto, cpu, cuda, cuda:N"
+        msg = f"unknown device {shown(name)}; choose one of: auto, cpu, cuda, cuda:N"
         raise ConfigError(msg) from None
     if check_available and device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but CUDA is not available; use --device cpu")
@@ -193,9 +194,9 @@ def _inputs(data: Dataset | torch.Tensor, model):
     )
     unit = getattr(model, "requires_unit_interval", False)
     missing = getattr(model, "accepts_missing", False)  # NaN = a missing entry
-    validate_data(train, unit_interval=unit, missing=missing, what="training data")
+    train = validate_data(train, unit_interval=unit, missing=missing, what="training data")
     if test is not None:
-        validate_data(test, unit_interval=unit, missing=missing, what="test data")
+        test = validate_data(test, unit_interval=unit, missing=missing, what="test data")
     return train, test, dynamic
 
 

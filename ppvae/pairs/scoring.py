@@ -7,6 +7,7 @@ global; enumerated sites are summed out exactly. See :mod:`ppvae.evaluation.metr
 the numbers mean with global latents.
 """
 
+import os
 from typing import NamedTuple
 
 import pyro.distributions as dist
@@ -26,6 +27,18 @@ from ppvae.pairs import (
 
 PROBE_ROWS = 64
 """Rows of the data that the pair is probed (and checked) on before scoring."""
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device``: CUDA's free memory, or the host's available
+    memory (psutil if installed, else the free pages the kernel reports)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        import psutil
+    except ImportError:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return psutil.virtual_memory().available
 
 
 def analytic_kl(q: dist.Distribution, p: dist.Distribution) -> torch.Tensor | None:
