@@ -5,3 +5,8 @@ Imports from ``ppvae.pairs``, ``ppvae.baselines``, ``ppvae.data`` and the founda
 (``errors``, ``config``, ``nets``, ``distributed``); never from ``infer``, ``experiments`` or
 ``cli``.
 """
+
+from ppvae.evaluation.imputation import impute
+from ppvae.evaluation.metrics import elbo_terms, evaluate, log_likelihood
+
+__all__ = ["elbo_terms", "evaluate", "impute", "log_likelihood"]
