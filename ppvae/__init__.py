@@ -16,7 +16,8 @@ The Python API in brief::
 
 from ppvae.config import ArchConfig, ConfigError, DataShape
 from ppvae.data import DataError, Dataset, load_dataset
-from ppvae.evaluation.metrics import elbo_terms, evaluate, log_likelihood
+from ppvae.evaluation.bounds import elbo_terms, log_likelihood
+from ppvae.evaluation.metrics import evaluate
 from ppvae.experiments.run import LoadedRun, RunConfig, load_run
 from ppvae.infer.fitting import FitConfig, FitResult, TrainingError, fit
 from ppvae.pairs.checker import ModelGuideError, check, problems

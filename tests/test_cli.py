@@ -67,7 +67,7 @@ def _one_line_error(capsys, message: str) -> None:
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("ppvae.data.DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr("ppvae.data.files.DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
     monkeypatch.setenv("PPVAE_CACHE_DIR", str(tmp_path / "cache"))
     args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
     (tmp_path / "empty").mkdir()

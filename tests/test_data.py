@@ -15,7 +15,6 @@ from scipy.stats import chi2
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from ppvae import data
 from ppvae.data import (
     BINARIZATIONS,
     DATASETS,
@@ -28,6 +27,7 @@ from ppvae.data import (
     synthetic_ppca,
     validate_data,
 )
+from ppvae.data import files as data
 from tests.conftest import needs_data
 
 REAL_DEBIAN = data.DEBIAN_FASHION_MNIST

@@ -21,8 +21,8 @@ from ppvae.models import PPCA
 from ppvae.models.sites import LATENT, data_plate
 from tests.conftest import cuda
 
-# the module itself: ``ppvae.evaluation.metrics``
-evaluation = importlib.import_module("ppvae.evaluation.metrics")
+# the module itself: ``ppvae.evaluation.bounds``
+evaluation = importlib.import_module("ppvae.evaluation.bounds")
 
 D, Q = 6, 2
 

@@ -6,7 +6,8 @@ Imports from ``ppvae.pairs``, ``ppvae.baselines``, ``ppvae.data`` and the founda
 ``cli``.
 """
 
+from ppvae.evaluation.bounds import elbo_terms, log_likelihood
 from ppvae.evaluation.imputation import impute
-from ppvae.evaluation.metrics import elbo_terms, evaluate, log_likelihood
+from ppvae.evaluation.metrics import evaluate
 
 __all__ = ["elbo_terms", "evaluate", "impute", "log_likelihood"]

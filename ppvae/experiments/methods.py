@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ppvae.baselines import EMPPCA, PPCA, MixturePPCA, ppca_log_prob
 from ppvae.errors import TrainingError
-from ppvae.evaluation.metrics import elbo_terms
+from ppvae.evaluation.bounds import elbo_terms
 from ppvae.experiments.rows import Row, Split, sampled_mean, svi, timed
 
 if TYPE_CHECKING:  # (compare imports this module)

@@ -19,7 +19,7 @@ from ppvae.baselines import independent
 from ppvae.config import ArchConfig, ConfigError, DataShape
 from ppvae.data import dequantize, load_dataset
 from ppvae.errors import DivergenceWarning, PPVAEError, first_line
-from ppvae.evaluation.metrics import log_likelihood
+from ppvae.evaluation.bounds import log_likelihood
 from ppvae.guides import GUIDES
 from ppvae.infer.fitting import FitConfig, fit, resolve_device
 from ppvae.models import MODELS

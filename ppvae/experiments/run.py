@@ -24,12 +24,12 @@ from ppvae.data.missing import mcar_dataset
 from ppvae.errors import DivergenceWarning, OutputError, first_line, shown
 from ppvae.evaluation.imputation import impute
 from ppvae.evaluation.metrics import (
-    _scored_dims,
     baseline_log_px,
     evaluate,
     generate,
     posterior_means,
     reconstruct,
+    scored_dims,
 )
 from ppvae.experiments import plots
 from ppvae.guides import GUIDES
@@ -326,12 +326,12 @@ def _mark_divergence(metrics: pd.DataFrame, model, data: Dataset, test, plate: s
     if baseline is None:
         return metrics.assign(baseline_log_px=math.nan, diverged=False)
     b, log_px = baseline.mean().item(), float(metrics.log_px.iloc[0])
-    bad = diverged(log_px, b, _scored_dims(test))
+    bad = diverged(log_px, b, scored_dims(test))
     if bad and distributed.is_main():
         warnings.warn(
             f"the run diverged: test log p(x) {log_px:.4g} nats per example, far below the "
             f"{b:.4g} of independent pixels fitted to the training data (margin "
-            f"{divergence_margin(b, _scored_dims(test)):.4g}); try a lower learning rate",
+            f"{divergence_margin(b, scored_dims(test)):.4g}); try a lower learning rate",
             DivergenceWarning,
             stacklevel=2,
         )

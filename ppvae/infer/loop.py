@@ -27,7 +27,7 @@ from ppvae import distributed
 from ppvae.config import ConfigError
 from ppvae.data import binarize_sample
 from ppvae.errors import TrainingError, first_line  # TrainingError: also importable here
-from ppvae.evaluation.metrics import elbo_terms
+from ppvae.evaluation.bounds import elbo_terms
 from ppvae.pairs.objectives import OBJECTIVES, LatentScale
 
 CHECK_EVERY = 50
