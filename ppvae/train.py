@@ -253,6 +253,7 @@ def fit(
     resume: bool = False,
     progress: bool | None = None,
     on_epoch: Callable[[pd.DataFrame], None] | None = None,
+    run_info: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train ``model`` and ``guide`` by SVI on ``data``.
 
@@ -279,6 +280,10 @@ def fit(
         Show a progress bar; by default only when stderr is a terminal.
     on_epoch : callable, optional
         Called with the history so far after every epoch (the CLI writes ``history.csv``).
+    run_info : dict, optional
+        Plain values (JSON-able) stored in every checkpoint under ``run``: ``ppvae train``
+        records its whole run config and data sizes, which ``load_run`` and ``--resume``
+        check the run folder against.
 
     Returns
     -------
@@ -316,7 +321,7 @@ def fit(
         rank, world = distributed.ranks()
         if checkpoint is None and world == 1:
             return False
-        snapshot = state(status, model, guide, step, config)
+        snapshot = state(status, model, guide, step, config, run_info)
         if checkpoint is not None and rank == 0:
             ckpt.save(checkpoint, snapshot)
         return checkpoint is not None
