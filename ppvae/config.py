@@ -9,14 +9,27 @@ import dataclasses
 import json
 import math
 import os
+import re
+import stat
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ppvae.errors import ConfigError  # its historical home: importable from here too
+from ppvae.errors import (
+    ConfigError,  # its historical home: importable from here too
+    PPVAEError,
+    first_line,
+    shown,
+)
 
 C = TypeVar("C", bound="JsonConfig")
+
+MAX_JSON_BYTES = 1 << 20
+"""The largest JSON file ppvae reads (a run's config.json is about 1 KiB)."""
+
+MAX_JSON_DEPTH = 64
+"""The deepest nesting of objects and lists ppvae parses (a config nests 2 deep)."""
 
 
 class JsonConfig:
@@ -58,7 +71,7 @@ class JsonConfig:
         >>> RunConfig().leaves()["arch.hidden"]
         (400,)
         """
-        return _leaves(self.to_dict())
+        return dotted(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -67,9 +80,13 @@ class JsonConfig:
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{cls.__name__}: expected a JSON object of fields, got {shown(data)}"
+            )
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+            raise ConfigError(f"{cls.__name__}: unknown field(s) {shown(', '.join(unknown))}")
         kwargs = {name: _coerce(hints[name], value) for name, value in data.items()}
         return cls(**kwargs)
 
@@ -78,7 +95,7 @@ class JsonConfig:
 
     @classmethod
     def from_json(cls: type[C], text: str) -> C:
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(parse_json(text, what=f"{cls.__name__} JSON"))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the config as JSON atomically (temporary file, then ``os.replace``)."""
@@ -86,17 +103,92 @@ class JsonConfig:
 
     @classmethod
     def load(cls: type[C], path: str | os.PathLike) -> C:
+        """Read the config from a JSON file (see :func:`read_json` for what is refused)."""
         try:
-            return cls.from_json(Path(path).read_text())
-        except (OSError, json.JSONDecodeError, TypeError) as err:
+            return cls.from_dict(read_json(path, what=f"{cls.__name__} file"))
+        except TypeError as err:
             raise ConfigError(f"cannot read {cls.__name__} from {path}: {err}") from None
 
 
-def _leaves(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def open_regular(
+    path: str | os.PathLike, *, what: str = "file", error: type[PPVAEError] = ConfigError
+):
+    """Open ``path`` for binary reading if it is a regular file, else raise ``error``.
+
+    The file is opened without blocking and checked before a byte is read, so a FIFO (which
+    would wait for a writer forever), a device or a folder is refused in one line.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {first_line(err)}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else None
+        raise error(f"{what} {path} is {kind or 'not a regular file'}: ppvae reads only files")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_json(path: str | os.PathLike, *, what: str = "JSON file") -> Any:
+    """Parse a JSON file ppvae did not just write: only a regular file, at most
+    :data:`MAX_JSON_BYTES` bytes and :data:`MAX_JSON_DEPTH` levels deep.
+
+    Raises
+    ------
+    ConfigError
+        In one line, when the file is missing, not a regular file, too large, too deep, or
+        not JSON.
+    """
+    with open_regular(path, what=what) as f:
+        raw = f.read(MAX_JSON_BYTES + 1)
+    return parse_json(raw, what=f"{what} {path}")
+
+
+def parse_json(text: str | bytes, *, what: str = "JSON") -> Any:
+    """``json.loads`` within :data:`MAX_JSON_BYTES` and :data:`MAX_JSON_DEPTH`; every
+    failure is one ConfigError line.
+
+    Examples
+    --------
+    >>> parse_json("[" * 100_000)
+    Traceback (most recent call last):
+    ...
+    ppvae.errors.ConfigError: JSON nests over 64 levels: not a ppvae file
+    """
+    if len(text) > MAX_JSON_BYTES:
+        raise ConfigError(f"{what} is over {MAX_JSON_BYTES >> 10} KiB: not a ppvae file")
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        if _depth(text) > MAX_JSON_DEPTH:
+            raise ConfigError(f"{what} nests over {MAX_JSON_DEPTH} levels: not a ppvae file")
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{what} is not valid JSON: {first_line(err)}") from None
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _depth(text: str) -> int:
+    """How deep ``text``'s brackets nest, outside strings (an upper bound on the JSON depth)."""
+    depth = deepest = 0
+    for char in re.sub(r"[^\[\]{}]", "", _STRINGS.sub("", text)):
+        depth += 1 if char in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every leaf of nested dicts by dotted name, lists as tuples."""
     flat = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            flat |= _leaves(value, f"{prefix}{key}.")
+            flat |= dotted(value, f"{prefix}{key}.")
         else:
             flat[prefix + key] = tuple(value) if isinstance(value, list | tuple) else value
     return flat

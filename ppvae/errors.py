@@ -61,8 +61,9 @@ SHOWN_LIMIT = 80
 
 
 def shown(value, limit: int = SHOWN_LIMIT) -> str:
-    """``value`` quoted for an error message, cut to ``limit`` characters: a 20 MB name is
-    not echoed whole, and a newline in it cannot break the message's one line.
+    """``value`` for an error message, cut to ``limit`` characters: a 20 MB name is not echoed
+    whole, and a newline in it cannot break the message's one line. A string is quoted; any
+    other value is shown as Python writes it (``3``, ``[1, 2]``).
 
     Examples
     --------
@@ -70,10 +71,12 @@ def shown(value, limit: int = SHOWN_LIMIT) -> str:
     "'bernouli'"
     >>> shown("a" * 100, limit=4)
     "'aaaa…' (100 characters)"
+    >>> shown(3), shown([1, 2])
+    ('3', '[1, 2]')
     """
-    text = value if isinstance(value, str) else str(value)
+    text = value if isinstance(value, str) else repr(value)
     if len(text) <= limit:
-        return repr(text)
+        return repr(text) if isinstance(value, str) else " ".join(text.split())
     quoted = repr(text[:limit])
     return f"{quoted[:-1]}…{quoted[-1]} ({len(text)} characters)"
 

@@ -45,12 +45,9 @@ def _flat(config) -> dict:
 
 def _resumed_config(args, given: set[str]):
     """The saved run's config; only a larger --epochs may change, any other flag is refused."""
-    from ppvae.experiments.run import CONFIG, RunConfig
+    from ppvae.experiments.run import saved_config
 
-    path = Path(args.out) / CONFIG
-    if not path.exists():
-        raise ConfigError(f"nothing to resume: {path} does not exist")
-    saved = RunConfig.load(path)
+    saved = saved_config(args.out)  # config.json, checked against the checkpoint
     requested, kept = _flat(_new_config(args)), _flat(saved)
     changed = sorted(d for d in given - KEPT_ON_RESUME if requested.get(d) != kept.get(d))
     if changed:

@@ -18,10 +18,26 @@ import torch
 from ppvae import distributed
 from ppvae.baselines import imputation_rmse
 from ppvae.baselines.independent import diverged, divergence_margin
-from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig, atomic_write_text
+from ppvae.config import (
+    ArchConfig,
+    ConfigError,
+    DataShape,
+    JsonConfig,
+    atomic_write_text,
+    open_regular,
+    read_json,
+)
 from ppvae.data import BINARIZATIONS, DATASETS, Dataset, load_dataset
 from ppvae.data.missing import mcar_dataset
-from ppvae.errors import DivergenceWarning, OutputError, first_line, shown
+from ppvae.errors import (
+    CheckpointError,
+    DataError,
+    DivergenceWarning,
+    OutputError,
+    PPVAEError,
+    first_line,
+    shown,
+)
 from ppvae.evaluation.imputation import impute
 from ppvae.evaluation.metrics import (
     baseline_log_px,
@@ -36,7 +52,7 @@ from ppvae.guides import GUIDES
 from ppvae.infer import checkpoint as ckpt
 from ppvae.infer.fitting import FitConfig, FitResult, fit, holding, resolve_device
 from ppvae.infer.loop import HISTORY_COLUMNS
-from ppvae.infer.resume import check_compatible
+from ppvae.infer.resume import KEYS, check_compatible, load_modules
 from ppvae.models import MODELS
 from ppvae.outputs import Staging, check_output_dir, is_lock_file, resolve_link
 from ppvae.pairs import place
@@ -230,7 +246,14 @@ def _train_new(run: RunConfig, data: Dataset, staging: Staging, progress) -> Run
         _write_csv(history, staging.folder / HISTORY)
 
     result = fit(
-        model, guide, data, run.fit, checkpoint=staging, progress=progress, on_epoch=on_epoch
+        model,
+        guide,
+        data,
+        run.fit,
+        checkpoint=staging,
+        progress=progress,
+        on_epoch=on_epoch,
+        run_info=_run_info(run, data),
     )
     staging.publish()  # stopped by Ctrl-C before the first epoch ended: its checkpoint counts
     return _finish(run, data, result, staging.folder)
@@ -248,6 +271,84 @@ def _check_same_run(saved: RunConfig, run: RunConfig, out: Path) -> None:
         )
 
 
+MAY_CHANGE = ("fit.epochs", "data_dir")
+"""config.json fields that may differ from the checkpoint's: a resume that stopped before it
+finished leaves the new epochs in the checkpoint alone, and the data may move to a new folder."""
+
+
+def _run_info(run: RunConfig, data: Dataset) -> dict:
+    """What a run's checkpoint records of the run, in plain values: its config and data sizes."""
+    sizes = {"train": list(data.train.shape), "test": list(data.test.shape)}
+    return {"config": run.to_dict(), "data": sizes}
+
+
+def saved_config(out: str | os.PathLike) -> RunConfig:
+    """The config of the run in ``out`` (what ``--resume`` continues), once config.json is
+    checked against the run config its checkpoint carries (see :func:`load_run`)."""
+    out = Path(out)
+    for name in (CONFIG, CHECKPOINT):
+        if not os.path.lexists(out / name):
+            raise ConfigError(f"nothing to resume: {out / name} does not exist")
+    return _saved_run(out)[0]
+
+
+def _saved_run(out: Path) -> tuple[RunConfig, dict]:
+    """The run in ``out``: its config, once config.json is checked against the checkpoint's
+    record of the run, and the checkpoint."""
+    written = read_json(out / CONFIG, what="the run's config")
+    saved = ckpt.load(out / CHECKPOINT)
+    ckpt.require(saved, KEYS, out / CHECKPOINT)
+    info = saved["run"]
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise CheckpointError(
+            f"{out / CHECKPOINT} holds no run config: it was written by fit(checkpoint=...), "
+            "not ppvae train; resume it with fit(..., resume=True)"
+        )
+    if not isinstance(written, dict):
+        raise ConfigError(f"{out / CONFIG} must hold a JSON object, got {shown(written)}")
+    problems = list(_differences(written, info["config"]))
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(
+            f"{out / CONFIG} does not match the run in {CHECKPOINT}: {problems[0]}{more}; put "
+            "config.json back as it was, or train a new run"
+        )
+    return RunConfig.from_dict(written), saved
+
+
+def _differences(written: dict, saved: dict, prefix: str = ""):
+    """Each way config.json (``written``) differs from the checkpoint's config (``saved``)."""
+    for key, value in saved.items():
+        name = prefix + key
+        if key not in written:
+            yield f"{name} is missing (the checkpoint has {shown(value)})"
+        elif isinstance(value, dict) and isinstance(written[key], dict):
+            yield from _differences(written[key], value, f"{name}.")
+        elif name not in MAY_CHANGE and _plain(written[key]) != _plain(value):
+            yield f"{name} is {shown(written[key])}, the checkpoint's {shown(value)}"
+    for key in sorted(written.keys() - saved.keys()):
+        yield f"{prefix}{key} is not in the checkpoint's config"
+
+
+def _plain(value):
+    """A JSON value as the checkpoint holds it (lists as tuples); 1 and True stay apart."""
+    if isinstance(value, list | tuple):
+        return tuple(_plain(v) for v in value)
+    return (type(value) is bool, value)
+
+
+def _check_data(info: dict, data: Dataset, out: Path) -> None:
+    """DataError unless the data loaded now has the sizes the run was trained on."""
+    sizes = info.get("data") or {}
+    for split in ("train", "test"):
+        now = list(getattr(data, split).shape)
+        if split in sizes and list(sizes[split]) != now:
+            raise DataError(
+                f"the run in {out} was trained on {split} data of shape {tuple(sizes[split])}, "
+                f"but its data set now loads as {tuple(now)}: put the run's data back"
+            )
+
+
 def _train_quietly(run: RunConfig, data: Dataset, progress) -> RunResult:
     """A rank other than 0: the same training and evaluation, nothing written."""
     pyro.clear_param_store()
@@ -257,10 +358,10 @@ def _train_quietly(run: RunConfig, data: Dataset, progress) -> RunResult:
 
 
 def _resume(run: RunConfig, out: Path, progress) -> RunResult:
-    if not (out / CHECKPOINT).exists():
+    if not os.path.lexists(out / CHECKPOINT):
         raise ConfigError(f"nothing to resume: {out / CHECKPOINT} does not exist")
-    _check_same_run(RunConfig.load(out / CONFIG), run, out)
-    saved = ckpt.load(out / CHECKPOINT)
+    written, saved = _saved_run(out)
+    _check_same_run(written, run, out)
     check_compatible(saved["config"], run.fit, out / CHECKPOINT)
     done = saved["progress"]["epoch"]
     if run.fit.epochs < done:
@@ -269,6 +370,7 @@ def _resume(run: RunConfig, out: Path, progress) -> RunResult:
             "resume only extends a run"
         )
     data = load_data(run)
+    _check_data(saved["run"], data, out)
     resolve_device(run.fit.device)
     pyro.clear_param_store()
     model, guide = build(run, data)
@@ -290,6 +392,7 @@ def _resume(run: RunConfig, out: Path, progress) -> RunResult:
         resume=True,
         progress=progress if main else False,
         on_epoch=on_epoch if main else None,
+        run_info=_run_info(run, data),
     )
     if main:
         run.save(out / CONFIG)  # its epochs, once training has gone past the old ones
@@ -376,25 +479,45 @@ def load_run(out: str | os.PathLike, *, device: str = "cpu") -> LoadedRun:
         run = ppvae.load_run("runs/demo")
         ppvae.evaluate(run.model, run.guide, run.data.test)
 
+    ``config.json`` must match the run config the checkpoint carries, field for field (only
+    ``fit.epochs`` and ``data_dir`` may differ), and the data must load with the sizes the run
+    was trained on: an edited or incomplete config is refused, never used.
+
     Raises
     ------
     ConfigError
-        When ``out`` holds no run, or its files cannot be read.
+        When ``out`` holds no run, config.json cannot be read (only a regular file of plain
+        JSON is), or it differs from the checkpoint's config (the message names the field).
+    CheckpointError
+        When the checkpoint cannot be read, is of another format version, holds no run config,
+        or was written for another architecture.
+    DataError
+        When the data set no longer loads with the sizes the run was trained on.
     """
     out = Path(out)
-    if not (out / CHECKPOINT).exists():
+    if not os.path.lexists(out / CHECKPOINT):
         raise ConfigError(f"no run in {out}: {out / CHECKPOINT} does not exist")
-    run = RunConfig.load(out / CONFIG)
+    run, saved = _saved_run(out)
     data = load_data(run)
+    _check_data(saved["run"], data, out)
     model, guide = build(run, data)
     like = data.train[:2].to(resolve_device(device))
     place(model, guide, data.train[:2], like.device, run.fit.plate)
     try:
-        saved = ckpt.load(out / CHECKPOINT)
-        for obj, key in ((model, "model"), (guide, "guide")):
-            obj.load_state_dict(saved[key])
+        load_modules(saved, model, guide, out / CHECKPOINT)
         ckpt.restore_params(saved["params"], like)
+    except PPVAEError:
+        raise
     except (ValueError, RuntimeError, KeyError) as err:
-        raise ConfigError(f"cannot load the run in {out}: {err}") from None
-    history = pd.read_csv(out / HISTORY) if (out / HISTORY).exists() else pd.DataFrame()
-    return LoadedRun(run, model, guide, data, history)
+        raise ConfigError(f"cannot load the run in {out}: {first_line(err)}") from None
+    return LoadedRun(run, model, guide, data, _history(out))
+
+
+def _history(out: Path) -> pd.DataFrame:
+    if not os.path.lexists(out / HISTORY):
+        return pd.DataFrame()
+    with open_regular(out / HISTORY, what="the run's history") as f:
+        try:
+            return pd.read_csv(f)
+        except ValueError as err:  # pandas' parser errors and bad bytes are ValueErrors
+            raise ConfigError(f"cannot read {out / HISTORY}: {first_line(err)}") from None

@@ -4,7 +4,8 @@ A checkpoint is written to a temporary file in the same directory and moved into
 ``os.replace``, so a crash, Ctrl-C or a full disk during the write leaves the previous
 checkpoint intact. It holds only tensors and plain Python values (numbers, strings, lists,
 dicts, tuples) and is read with ``torch.load(weights_only=True)``: a file from someone else
-cannot run code when loaded. Parameter constraints are stored by name.
+cannot run code when loaded. Only a regular file is read (a FIFO would block forever).
+Parameter constraints are stored by name.
 """
 
 import os
@@ -18,9 +19,11 @@ import pyro
 import torch
 from torch.distributions import constraints
 
-from ppvae.errors import CheckpointError, OutputError, first_line
+from ppvae.config import open_regular
+from ppvae.errors import CheckpointError, OutputError, first_line, shown
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+"""3: a checkpoint written by ``ppvae train`` carries the whole run config under ``run``."""
 
 CONSTRAINTS: dict[str, constraints.Constraint] = {
     name: value
@@ -96,23 +99,40 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     Raises
     ------
     CheckpointError
-        When the file is missing, empty, truncated, not a ppvae checkpoint, or holds Python
+        When the file is missing, not a regular file, empty, truncated, not a ppvae
+        checkpoint, of another format version (both versions are named), or holds Python
         objects other than tensors and plain values (which could run code when unpickled).
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's notes on foreign pickles: our line says it
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint at {path}") from None
-    except Exception:  # truncated, garbage, or a pickle with code in it
+    if not os.path.lexists(path):
+        raise CheckpointError(f"no checkpoint at {path}")
+    with open_regular(path, what="the checkpoint", error=CheckpointError) as f:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's notes on foreign pickles: our line
+                state = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception:  # truncated, garbage, or a pickle with code in it
+            raise CheckpointError(
+                f"cannot read the checkpoint {path}: it is empty, damaged, or not a ppvae "
+                "checkpoint (refused to unpickle anything but tensors and plain values)"
+            ) from None
+    if not isinstance(state, dict) or "version" not in state:
+        raise CheckpointError(f"{path} is not a ppvae checkpoint (it has no format version)")
+    if state["version"] != FORMAT_VERSION:
         raise CheckpointError(
-            f"cannot read the checkpoint {path}: it is empty, damaged, or not a ppvae "
-            "checkpoint (refused to unpickle anything but tensors and plain values)"
-        ) from None
-    if not isinstance(state, dict) or state.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} is not a ppvae checkpoint (format {FORMAT_VERSION})")
+            f"{path} is a checkpoint of format {shown(state['version'])}, and this ppvae "
+            f"reads format {FORMAT_VERSION}: load it with the ppvae that wrote it, or train again"
+        )
     return state
+
+
+def require(state: dict[str, Any], keys, path) -> None:
+    """Raise CheckpointError unless ``state`` (from :func:`load`) holds every one of ``keys``."""
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is a format-{FORMAT_VERSION} checkpoint without {', '.join(missing)}: "
+            "it is damaged, or was not written by ppvae's fit"
+        )
 
 
 def restore_params(saved: dict[str, Any], like: torch.Tensor) -> None:

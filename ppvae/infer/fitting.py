@@ -258,6 +258,7 @@ def fit(
     resume: bool = False,
     progress: bool | None = None,
     on_epoch: Callable[[pd.DataFrame], None] | None = None,
+    run_info: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train ``model`` and ``guide`` by SVI on ``data``.
 
@@ -284,6 +285,10 @@ def fit(
         Show a progress bar; by default only when stderr is a terminal.
     on_epoch : callable, optional
         Called with the history so far after every epoch (the CLI writes ``history.csv``).
+    run_info : dict, optional
+        Plain values (JSON-able) stored in every checkpoint under ``run``: ``ppvae train``
+        records its whole run config and data sizes, which ``load_run`` and ``--resume``
+        check the run folder against.
 
     Returns
     -------
@@ -308,7 +313,7 @@ def fit(
     _check_checkpoint_path(checkpoint)
     path = None if checkpoint is None else os.fspath(checkpoint)  # a Staging's path, shown
     with holding(checkpoint, f"the checkpoint {path}", CHECKPOINT_HINT):
-        return _fit(model, guide, data, config, checkpoint, resume, progress, on_epoch)
+        return _fit(model, guide, data, config, checkpoint, resume, progress, on_epoch, run_info)
 
 
 CHECKPOINT_HINT = "wait for it to finish, or give this fit another checkpoint path"
@@ -352,7 +357,9 @@ def holding(target: str | os.PathLike | None, what: str, hint: str = ""):
             lock.release()
 
 
-def _fit(model, guide, data, config, checkpoint, resume, progress, on_epoch) -> FitResult:
+def _fit(
+    model, guide, data, config, checkpoint, resume, progress, on_epoch, run_info
+) -> FitResult:
     distributed.warn_if_not_initialized()
     device = distributed.local_device(resolve_device(config.device))
     train, test, dynamic = _inputs(data, model)
@@ -373,7 +380,7 @@ def _fit(model, guide, data, config, checkpoint, resume, progress, on_epoch) -> 
         rank, world = distributed.ranks()
         if checkpoint is None and world == 1:
             return False
-        snapshot = state(status, model, guide, step, config)
+        snapshot = state(status, model, guide, step, config, run_info)
         if checkpoint is not None and rank == 0:
             ckpt.save(checkpoint, snapshot)
         return checkpoint is not None

@@ -1,7 +1,8 @@
 """Checkpoints of a training run: what they hold, and putting them back for an exact resume.
 
 A checkpoint holds the progress (epoch, step, the epoch's losses so far, the history), the
-config, the modules' state dicts, Pyro's param store, the optimizer's state and the random
+config (and, from ``ppvae train``, the whole run's config and data sizes), the modules' state
+dicts, Pyro's param store, the optimizer's state and the random
 state (every rank's, under torch.distributed). :func:`restore` puts it back so that a resumed
 run continues exactly where the stopped one was.
 """
@@ -12,15 +13,23 @@ import torch
 
 from ppvae import distributed
 from ppvae.config import ConfigError
+from ppvae.errors import CheckpointError
 from ppvae.infer import checkpoint as ckpt
 from ppvae.infer.loop import Step, _Progress
 
+KEYS = ("progress", "config", "run", "model", "guide", "params", "optim", "rng")
+"""What every checkpoint written by :func:`state` holds (``run`` is None from a plain fit)."""
 
-def state(progress: _Progress, model, guide, step: Step, config) -> dict[str, Any]:
-    """Everything a checkpoint holds."""
+
+def state(
+    progress: _Progress, model, guide, step: Step, config, run_info: dict | None = None
+) -> dict[str, Any]:
+    """Everything a checkpoint holds; ``run_info`` is the caller's record of the whole run, in
+    plain values (``ppvae train`` stores its RunConfig and the data sizes)."""
     return {
         "progress": vars(progress),
         "config": config.to_dict(),
+        "run": run_info,
         "model": model.state_dict() if isinstance(model, torch.nn.Module) else None,
         "guide": guide.state_dict() if isinstance(guide, torch.nn.Module) else None,
         "params": ckpt.store_state(),
@@ -57,15 +66,45 @@ def check_compatible(saved: dict[str, Any], config, path) -> None:
         raise ConfigError(f"{path} was written with different settings: {', '.join(differ)}")
 
 
+def load_modules(saved: dict[str, Any], model, guide, path) -> None:
+    """``load_state_dict`` the saved model and guide, after checking that every entry's name
+    and shape match (a CheckpointError that names the first one that differs)."""
+    for obj, key in ((model, "model"), (guide, "guide")):
+        if isinstance(obj, torch.nn.Module) and saved.get(key) is not None:
+            problem = _first_difference(saved[key], obj.state_dict(), key)
+            if problem:
+                raise CheckpointError(
+                    f"{path} was written for another architecture: its {key} {problem}"
+                )
+            obj.load_state_dict(saved[key])
+
+
+def _first_difference(saved: dict[str, Any], current: dict[str, Any], key: str) -> str:
+    """How the saved state dict first differs from ``current`` in names or shapes, or ""."""
+    for name in sorted(saved.keys() | current.keys()):
+        if name not in current:
+            return f"has '{name}', which this {key} lacks"
+        if name not in saved:
+            return f"lacks this {key}'s '{name}'"
+        if _shape(saved[name]) != _shape(current[name]):
+            return (
+                f"has '{name}' of shape {_shape(saved[name])}, this {key} {_shape(current[name])}"
+            )
+    return ""
+
+
+def _shape(value) -> tuple[int, ...]:
+    return tuple(getattr(value, "shape", ()))
+
+
 def restore(path, model, guide, step: Step, config, like: torch.Tensor) -> _Progress:
     """Put a checkpoint back: module buffers by ``load_state_dict``, every parameter by copying
     into the tensor the param store already holds (so the networks registered with
     ``pyro.module`` or as ``PyroModule`` train the restored values), on ``like``'s device."""
     saved = ckpt.load(path)
+    ckpt.require(saved, KEYS, path)
     check_compatible(saved["config"], config, path)
-    for obj, key in ((model, "model"), (guide, "guide")):
-        if isinstance(obj, torch.nn.Module) and saved.get(key) is not None:
-            obj.load_state_dict(saved[key])
+    load_modules(saved, model, guide, path)
     ckpt.restore_params(saved["params"], like)
     step.load_state_dict(saved["optim"])
     _set_rng_states(saved["rng"], path)
