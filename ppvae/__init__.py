@@ -18,7 +18,8 @@ from ppvae.config import ArchConfig, ConfigError, DataShape
 from ppvae.data import DataError, Dataset, load_dataset
 from ppvae.evaluation.bounds import elbo_terms, log_likelihood
 from ppvae.evaluation.metrics import evaluate
-from ppvae.experiments.run import LoadedRun, RunConfig, load_run
+from ppvae.experiments.run_config import RunConfig
+from ppvae.experiments.saved_runs import LoadedRun, load_run
 from ppvae.infer.fitting import FitConfig, FitResult, TrainingError, fit
 from ppvae.pairs.checker import ModelGuideError, check, problems
 

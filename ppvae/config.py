@@ -67,7 +67,7 @@ class JsonConfig:
 
         Examples
         --------
-        >>> from ppvae.experiments.run import RunConfig
+        >>> from ppvae.experiments.run_config import RunConfig
         >>> RunConfig().leaves()["arch.hidden"]
         (400,)
         """

@@ -22,7 +22,7 @@ KEPT_ON_RESUME = {"out", "resume", "overwrite", "epochs", "debug", "func", "pars
 
 
 def _new_config(args):
-    from ppvae.experiments.run import RunConfig
+    from ppvae.experiments.run_config import RunConfig
 
     return RunConfig(
         dataset=args.dataset,
@@ -45,7 +45,7 @@ def _flat(config) -> dict:
 
 def _resumed_config(args, given: set[str]):
     """The saved run's config; only a larger --epochs may change, any other flag is refused."""
-    from ppvae.experiments.run import saved_config
+    from ppvae.experiments.saved_runs import saved_config
 
     saved = saved_config(args.out)  # config.json, checked against the checkpoint
     requested, kept = _flat(_new_config(args)), _flat(saved)

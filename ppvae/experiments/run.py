@@ -1,13 +1,11 @@
-"""A training run as one config: data, model, guide, sizes and fit settings, saved as JSON.
-
-``RunConfig`` names every choice by registry key, so ``config.json`` rebuilds the same run, and
-:func:`train` writes a run directory: config, history, checkpoint, metrics and pictures.
+"""``ppvae train``'s run folder: :func:`train` writes config, history, checkpoint, metrics and
+pictures, new or resumed, with the folder held against other runs and swapped in whole (see
+:mod:`ppvae.outputs`); the config is a :class:`~ppvae.experiments.run_config.RunConfig`.
 """
 
 import math
 import os
 import warnings
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,24 +17,14 @@ from ppvae import distributed
 from ppvae.baselines import imputation_rmse
 from ppvae.baselines.independent import diverged, divergence_margin
 from ppvae.config import (
-    ArchConfig,
     ConfigError,
-    DataShape,
-    JsonConfig,
     atomic_write_text,
-    open_regular,
-    read_json,
 )
-from ppvae.data import BINARIZATIONS, DATASETS, Dataset, load_dataset
-from ppvae.data.missing import mcar_dataset
+from ppvae.data import Dataset
 from ppvae.errors import (
-    CheckpointError,
-    DataError,
     DivergenceWarning,
     OutputError,
-    PPVAEError,
     first_line,
-    shown,
 )
 from ppvae.evaluation.imputation import impute
 from ppvae.evaluation.metrics import (
@@ -48,94 +36,26 @@ from ppvae.evaluation.metrics import (
     scored_dims,
 )
 from ppvae.experiments import plots
-from ppvae.guides import GUIDES
-from ppvae.infer import checkpoint as ckpt
-from ppvae.infer.fitting import FitConfig, FitResult, fit, holding, resolve_device
+from ppvae.experiments.run_config import (
+    CHECKPOINT,
+    CONFIG,
+    HISTORY,
+    METRICS,
+    PICTURES,
+    RunConfig,
+    build,
+    load_data,
+)
+from ppvae.experiments.saved_runs import (
+    check_data,
+    check_same_run,
+    run_info,
+    saved_run,
+)
+from ppvae.infer.fitting import FitResult, fit, holding, resolve_device
 from ppvae.infer.loop import HISTORY_COLUMNS
-from ppvae.infer.resume import KEYS, check_compatible, load_modules
-from ppvae.models import MODELS
+from ppvae.infer.resume import check_compatible
 from ppvae.outputs import Staging, check_output_dir, is_lock_file, resolve_link
-from ppvae.pairs import place
-
-CONFIG, HISTORY, CHECKPOINT, METRICS = "config.json", "history.csv", "checkpoint.pt", "metrics.csv"
-PICTURES = ("elbo.png", "reconstructions.png", "samples.png", "latent.png")
-
-
-def _choose(kind: str, name: str, registry) -> None:
-    if name not in registry:
-        raise ConfigError(f"unknown {kind} {shown(name)}; choose one of: {', '.join(registry)}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunConfig(JsonConfig):
-    """Everything that defines a training run.
-
-    Attributes
-    ----------
-    dataset, binarize, data_dir
-        Passed to :func:`ppvae.data.load_dataset` (binarization is seeded by ``fit.seed``).
-    model, guide : str
-        Keys of :data:`ppvae.models.MODELS` and :data:`ppvae.guides.GUIDES`.
-    arch : ArchConfig
-    fit : FitConfig
-    eval_samples : int
-        K, importance samples per test example for log p(x) at the end of training.
-    missing_rate : float
-        Share of the entries of train and test made missing completely at random (seeded by
-        ``fit.seed``): the model leaves them out of its likelihood, and the metrics add the
-        imputation error on the held-out test entries.
-
-    Examples
-    --------
-    >>> run = RunConfig(guide="flow", arch=ArchConfig(z_dim=4))
-    >>> RunConfig.from_json(run.to_json()) == run
-    True
-    """
-
-    dataset: str = "digits"
-    binarize: str = "none"
-    data_dir: str | None = None
-    model: str = "bernoulli"
-    guide: str = "diag"
-    arch: ArchConfig = field(default_factory=ArchConfig)
-    fit: FitConfig = field(default_factory=FitConfig)
-    eval_samples: int = 1000
-    missing_rate: float = 0.0
-
-    def replace_epochs(self, epochs: int) -> "RunConfig":
-        """This run with ``fit.epochs`` set to ``epochs`` (to extend it)."""
-        return replace(self, fit=replace(self.fit, epochs=epochs))
-
-    def __post_init__(self):
-        self.check_types()
-        _choose("dataset", self.dataset, DATASETS)
-        _choose("binarization", self.binarize, BINARIZATIONS)
-        _choose("model", self.model, MODELS)
-        _choose("guide", self.guide, GUIDES)
-        if not 0 <= self.missing_rate < 1:
-            raise ConfigError(f"missing_rate must be in [0, 1), got {self.missing_rate}")
-        if self.eval_samples < 1:
-            raise ConfigError(f"eval_samples must be >= 1, got {self.eval_samples}")
-
-
-def load_data(run: RunConfig, *, complete: bool = False) -> Dataset:
-    """The run's data set, with ``run.missing_rate`` of its entries missing (NaN) unless
-    ``complete``."""
-    data = load_dataset(
-        run.dataset, data_dir=run.data_dir, binarize=run.binarize, seed=run.fit.seed
-    )
-    if run.missing_rate and not complete:
-        return mcar_dataset(data, run.missing_rate, seed=run.fit.seed)
-    return data
-
-
-def build(run: RunConfig, data: Dataset):
-    """The model and guide of ``run``, sized for ``data``; seeded by ``run.fit.seed``."""
-    torch.manual_seed(run.fit.seed)
-    rows = data.train.shape[0]
-    shape = DataShape(data.train.shape[1], data.image_shape, rows, missing=run.missing_rate > 0)
-    model = MODELS[run.model](run.arch, shape)
-    return model, GUIDES[run.guide](run.arch, shape, model)
 
 
 class RunResult(NamedTuple):
@@ -253,100 +173,10 @@ def _train_new(run: RunConfig, data: Dataset, staging: Staging, progress) -> Run
         checkpoint=staging,
         progress=progress,
         on_epoch=on_epoch,
-        run_info=_run_info(run, data),
+        run_info=run_info(run, data),
     )
     staging.publish()  # stopped by Ctrl-C before the first epoch ended: its checkpoint counts
     return _finish(run, data, result, staging.folder)
-
-
-def _check_same_run(saved: RunConfig, run: RunConfig, out: Path) -> None:
-    """Resume continues the run in ``out`` as it was: only ``fit.epochs`` may differ."""
-    old, new = saved.leaves(), run.leaves()
-    differ = sorted(k for k in old if k != "fit.epochs" and old[k] != new.get(k))
-    if differ:
-        changes = ", ".join(f"{k} {new.get(k)!r} (saved {old[k]!r})" for k in differ)
-        raise ConfigError(
-            f"resume continues the run in {out} as it was, and only fit.epochs may change, "
-            f"but {changes}"
-        )
-
-
-MAY_CHANGE = ("fit.epochs", "data_dir")
-"""config.json fields that may differ from the checkpoint's: a resume that stopped before it
-finished leaves the new epochs in the checkpoint alone, and the data may move to a new folder."""
-
-
-def _run_info(run: RunConfig, data: Dataset) -> dict:
-    """What a run's checkpoint records of the run, in plain values: its config and data sizes."""
-    sizes = {"train": list(data.train.shape), "test": list(data.test.shape)}
-    return {"config": run.to_dict(), "data": sizes}
-
-
-def saved_config(out: str | os.PathLike) -> RunConfig:
-    """The config of the run in ``out`` (what ``--resume`` continues), once config.json is
-    checked against the run config its checkpoint carries (see :func:`load_run`)."""
-    out = Path(out)
-    for name in (CONFIG, CHECKPOINT):
-        if not os.path.lexists(out / name):
-            raise ConfigError(f"nothing to resume: {out / name} does not exist")
-    return _saved_run(out)[0]
-
-
-def _saved_run(out: Path) -> tuple[RunConfig, dict]:
-    """The run in ``out``: its config, once config.json is checked against the checkpoint's
-    record of the run, and the checkpoint."""
-    written = read_json(out / CONFIG, what="the run's config")
-    saved = ckpt.load(out / CHECKPOINT)
-    ckpt.require(saved, KEYS, out / CHECKPOINT)
-    info = saved["run"]
-    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
-        raise CheckpointError(
-            f"{out / CHECKPOINT} holds no run config: it was written by fit(checkpoint=...), "
-            "not ppvae train; resume it with fit(..., resume=True)"
-        )
-    if not isinstance(written, dict):
-        raise ConfigError(f"{out / CONFIG} must hold a JSON object, got {shown(written)}")
-    problems = list(_differences(written, info["config"]))
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ConfigError(
-            f"{out / CONFIG} does not match the run in {CHECKPOINT}: {problems[0]}{more}; put "
-            "config.json back as it was, or train a new run"
-        )
-    return RunConfig.from_dict(written), saved
-
-
-def _differences(written: dict, saved: dict, prefix: str = ""):
-    """Each way config.json (``written``) differs from the checkpoint's config (``saved``)."""
-    for key, value in saved.items():
-        name = prefix + key
-        if key not in written:
-            yield f"{name} is missing (the checkpoint has {shown(value)})"
-        elif isinstance(value, dict) and isinstance(written[key], dict):
-            yield from _differences(written[key], value, f"{name}.")
-        elif name not in MAY_CHANGE and _plain(written[key]) != _plain(value):
-            yield f"{name} is {shown(written[key])}, the checkpoint's {shown(value)}"
-    for key in sorted(written.keys() - saved.keys()):
-        yield f"{prefix}{key} is not in the checkpoint's config"
-
-
-def _plain(value):
-    """A JSON value as the checkpoint holds it (lists as tuples); 1 and True stay apart."""
-    if isinstance(value, list | tuple):
-        return tuple(_plain(v) for v in value)
-    return (type(value) is bool, value)
-
-
-def _check_data(info: dict, data: Dataset, out: Path) -> None:
-    """DataError unless the data loaded now has the sizes the run was trained on."""
-    sizes = info.get("data") or {}
-    for split in ("train", "test"):
-        now = list(getattr(data, split).shape)
-        if split in sizes and list(sizes[split]) != now:
-            raise DataError(
-                f"the run in {out} was trained on {split} data of shape {tuple(sizes[split])}, "
-                f"but its data set now loads as {tuple(now)}: put the run's data back"
-            )
 
 
 def _train_quietly(run: RunConfig, data: Dataset, progress) -> RunResult:
@@ -360,8 +190,8 @@ def _train_quietly(run: RunConfig, data: Dataset, progress) -> RunResult:
 def _resume(run: RunConfig, out: Path, progress) -> RunResult:
     if not os.path.lexists(out / CHECKPOINT):
         raise ConfigError(f"nothing to resume: {out / CHECKPOINT} does not exist")
-    written, saved = _saved_run(out)
-    _check_same_run(written, run, out)
+    written, saved = saved_run(out)
+    check_same_run(written, run, out)
     check_compatible(saved["config"], run.fit, out / CHECKPOINT)
     done = saved["progress"]["epoch"]
     if run.fit.epochs < done:
@@ -370,7 +200,7 @@ def _resume(run: RunConfig, out: Path, progress) -> RunResult:
             "resume only extends a run"
         )
     data = load_data(run)
-    _check_data(saved["run"], data, out)
+    check_data(saved["run"], data, out)
     resolve_device(run.fit.device)
     pyro.clear_param_store()
     model, guide = build(run, data)
@@ -392,7 +222,7 @@ def _resume(run: RunConfig, out: Path, progress) -> RunResult:
         resume=True,
         progress=progress if main else False,
         on_epoch=on_epoch if main else None,
-        run_info=_run_info(run, data),
+        run_info=run_info(run, data),
     )
     if main:
         run.save(out / CONFIG)  # its epochs, once training has gone past the old ones
@@ -446,78 +276,3 @@ def _imputation_rmse(run: RunConfig, model, guide, test: torch.Tensor) -> float:
     truth = load_data(run, complete=True).test.to(test.device)
     imputed = impute(model, guide, test, num_samples=run.eval_samples).mean
     return imputation_rmse(truth, imputed, test.isnan())
-
-
-class LoadedRun(NamedTuple):
-    """A saved run, back with its trained parameters (see :func:`load_run`).
-
-    Attributes
-    ----------
-    config : RunConfig
-    model, guide
-        Built from ``config`` by the registries, holding the checkpoint's parameters (also in
-        Pyro's param store, under their names).
-    data : Dataset
-        The run's data, as :func:`load_data` gives it.
-    history : DataFrame
-        One row per epoch trained so far.
-    """
-
-    config: RunConfig
-    model: torch.nn.Module
-    guide: torch.nn.Module
-    data: Dataset
-    history: pd.DataFrame
-
-
-def load_run(out: str | os.PathLike, *, device: str = "cpu") -> LoadedRun:
-    """Load the run saved in ``out`` (``ppvae train --out``): config, model, guide, data, history.
-
-    The model and guide are rebuilt from ``config.json`` and get the parameters of
-    ``checkpoint.pt`` (the last finished epoch, or where Ctrl-C stopped), on ``device``::
-
-        run = ppvae.load_run("runs/demo")
-        ppvae.evaluate(run.model, run.guide, run.data.test)
-
-    ``config.json`` must match the run config the checkpoint carries, field for field (only
-    ``fit.epochs`` and ``data_dir`` may differ), and the data must load with the sizes the run
-    was trained on: an edited or incomplete config is refused, never used.
-
-    Raises
-    ------
-    ConfigError
-        When ``out`` holds no run, config.json cannot be read (only a regular file of plain
-        JSON is), or it differs from the checkpoint's config (the message names the field).
-    CheckpointError
-        When the checkpoint cannot be read, is of another format version, holds no run config,
-        or was written for another architecture.
-    DataError
-        When the data set no longer loads with the sizes the run was trained on.
-    """
-    out = Path(out)
-    if not os.path.lexists(out / CHECKPOINT):
-        raise ConfigError(f"no run in {out}: {out / CHECKPOINT} does not exist")
-    run, saved = _saved_run(out)
-    data = load_data(run)
-    _check_data(saved["run"], data, out)
-    model, guide = build(run, data)
-    like = data.train[:2].to(resolve_device(device))
-    place(model, guide, data.train[:2], like.device, run.fit.plate)
-    try:
-        load_modules(saved, model, guide, out / CHECKPOINT)
-        ckpt.restore_params(saved["params"], like)
-    except PPVAEError:
-        raise
-    except (ValueError, RuntimeError, KeyError) as err:
-        raise ConfigError(f"cannot load the run in {out}: {first_line(err)}") from None
-    return LoadedRun(run, model, guide, data, _history(out))
-
-
-def _history(out: Path) -> pd.DataFrame:
-    if not os.path.lexists(out / HISTORY):
-        return pd.DataFrame()
-    with open_regular(out / HISTORY, what="the run's history") as f:
-        try:
-            return pd.read_csv(f)
-        except ValueError as err:  # pandas' parser errors and bad bytes are ValueErrors
-            raise ConfigError(f"cannot read {out / HISTORY}: {first_line(err)}") from None

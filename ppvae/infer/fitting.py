@@ -8,9 +8,8 @@ import os
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pandas as pd
 import pyro
@@ -18,23 +17,23 @@ import torch
 from tqdm.auto import tqdm
 
 from ppvae import distributed
-from ppvae.config import ConfigError, JsonConfig
+from ppvae.config import ConfigError
 from ppvae.data import Dataset, validate_data
-from ppvae.errors import OutputError, shown
+from ppvae.errors import OutputError
 from ppvae.infer import checkpoint as ckpt
 from ppvae.infer.loop import (
     HISTORY_COLUMNS,
+    DeferredInterrupt,
+    Loop,
+    Progress,
     Step,
     TrainingError,
-    _DeferredInterrupt,
-    _Loop,
-    _Progress,
     epoch_batches,
 )
 from ppvae.infer.resume import restore, state
+from ppvae.infer.settings import FitConfig, FitResult, resolve_device
 from ppvae.outputs import OutputLock
 from ppvae.pairs import (
-    DEFAULT_PLATE,
     batched,
     data_frame,
     param_tensors,
@@ -44,7 +43,6 @@ from ppvae.pairs import (
     sample_sites,
 )
 from ppvae.pairs.checker import check
-from ppvae.pairs.objectives import OBJECTIVES
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -55,121 +53,6 @@ __all__ = [
     "resolve_device",
     "training_step",
 ]
-
-
-@dataclass(frozen=True, kw_only=True)
-class FitConfig(JsonConfig):
-    """How to train.
-
-    Attributes
-    ----------
-    epochs, batch_size, lr : int, int, float
-        Passes over the data, minibatch size (the last partial batch of each shuffled epoch
-        is dropped, so every step has the same shape; under ``torch.distributed`` it is the
-        global batch, ``batch_size / world`` rows per rank), Adam's learning rate.
-    objective : str
-        A key of :data:`ppvae.pairs.objectives.OBJECTIVES`.
-    num_particles : int
-        Samples of z per example per step (K of the IWAE bound).
-    jit : bool
-        Compile the training loss with ``torch.jit.trace`` (through ``pyro.ops.jit``): the
-        Python work of Pyro's traces is done once, and each step replays the recorded
-        operations. Faster than eager on the CPU (``benchmarks/step_time.py``); for the
-        objectives whose loss ppvae builds itself (trace, mean-field, iwae, score), without a
-        KL warm-up (the weight would be compiled in), on models of static structure.
-    beta : float
-        Weight of the KL term (beta-VAE; 1 is the ELBO).
-    kl_warmup_epochs : int
-        Raise the KL weight linearly from 0 to ``beta`` over this many epochs (0: no warm-up).
-    test_samples : int
-        Monte Carlo samples per example for the test ELBO reported each epoch.
-    seed : int
-        Seeds Pyro, torch, NumPy and Python, and the per-epoch shuffles.
-    device : str
-        ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-    plate : str
-        The name of the model's plate over the examples. A plate sized by the batch
-        (``pyro.plate("data", x.shape[0])``, as in Pyro's tutorials) is scaled to the data set.
-
-    Examples
-    --------
-    >>> FitConfig(epochs=2, objective="iwae", num_particles=5).objective
-    'iwae'
-    """
-
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 3e-3
-    objective: str = "trace"
-    num_particles: int = 1
-    jit: bool = False
-    beta: float = 1.0
-    kl_warmup_epochs: int = 0
-    test_samples: int = 1
-    seed: int = 0
-    device: str = "auto"
-    plate: str = DEFAULT_PLATE
-
-    def __post_init__(self):
-        self.check_types()
-        if self.objective not in OBJECTIVES:
-            choices = ", ".join(OBJECTIVES)
-            name = shown(self.objective)
-            raise ConfigError(f"unknown objective {name}; choose one of: {choices}")
-        for name in ("epochs", "batch_size", "num_particles", "test_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.beta < 0 or self.kl_warmup_epochs < 0:
-            raise ConfigError("beta and kl_warmup_epochs must be >= 0")
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
-        if self.jit and OBJECTIVES[self.objective].lean is None:
-            raise ConfigError(
-                f"objective '{self.objective}' cannot be compiled (its estimator keeps Python "
-                "state between steps); drop --jit"
-            )
-        if self.jit and self.kl_warmup_epochs:
-            raise ConfigError("a compiled loss bakes in the KL weight: drop --jit to warm up")
-        resolve_device(self.device, check_available=False)
-
-
-class FitResult(NamedTuple):
-    """What :func:`fit` returns.
-
-    Attributes
-    ----------
-    history : DataFrame
-        One row per epoch, columns :data:`HISTORY_COLUMNS`; ELBOs are nats per example.
-    model, guide
-        The trained model and guide (on the training device).
-    config : FitConfig
-    interrupted : bool
-        True when training stopped early on Ctrl-C (a checkpoint was saved to resume from).
-    """
-
-    history: pd.DataFrame
-    model: Any
-    guide: Any
-    config: FitConfig
-    interrupted: bool = False
-
-
-def resolve_device(name: str, *, check_available: bool = True) -> torch.device:
-    """``auto`` -> CUDA if available, else CPU; ``cpu``; ``cuda`` or ``cuda:N``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"unknown device {shown(name)}; choose one of: auto, cpu, cuda, cuda:N")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        msg = f"unknown device {shown(name)}; choose one of: auto, cpu, cuda, cuda:N"
-        raise ConfigError(msg) from None
-    if check_available and device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available; use --device cpu")
-    return device
 
 
 def _check_objective(config: FitConfig, structure, guide_trace) -> None:
@@ -368,7 +251,7 @@ def _fit(
     _same_on_every_rank(test, "test data")
     n, b = train.shape[0], min(config.batch_size, train.shape[0])
     pyro.set_rng_seed(config.seed + distributed.ranks().rank)  # each rank its own draws
-    status = _Progress(rows=[])
+    status = Progress(rows=[])
     distributed.same_everywhere(bool(resume), "resume flag")
     if resume:
         if checkpoint is None or not os.path.exists(checkpoint):
@@ -387,9 +270,9 @@ def _fit(
 
     steps = n // b
     shown = sys.stderr.isatty() if progress is None else progress
-    burst = _DeferredInterrupt.BURST if step.world > 1 else 0.0  # torchrun's signals are one
+    burst = DeferredInterrupt.BURST if step.world > 1 else 0.0  # torchrun's signals are one
     with (
-        _DeferredInterrupt(burst).installed() as interrupt,
+        DeferredInterrupt(burst).installed() as interrupt,
         tqdm(
             total=config.epochs * steps,
             initial=status.epoch * steps + status.step,
@@ -398,7 +281,7 @@ def _fit(
             dynamic_ncols=True,
         ) as bar,
     ):
-        loop = _Loop(
+        loop = Loop(
             step,
             model,
             guide,

@@ -15,14 +15,14 @@ from ppvae import distributed
 from ppvae.config import ConfigError
 from ppvae.errors import CheckpointError
 from ppvae.infer import checkpoint as ckpt
-from ppvae.infer.loop import Step, _Progress
+from ppvae.infer.loop import Progress, Step
 
 KEYS = ("progress", "config", "run", "model", "guide", "params", "optim", "rng")
 """What every checkpoint written by :func:`state` holds (``run`` is None from a plain fit)."""
 
 
 def state(
-    progress: _Progress, model, guide, step: Step, config, run_info: dict | None = None
+    progress: Progress, model, guide, step: Step, config, run_info: dict | None = None
 ) -> dict[str, Any]:
     """Everything a checkpoint holds; ``run_info`` is the caller's record of the whole run, in
     plain values (``ppvae train`` stores its RunConfig and the data sizes)."""
@@ -97,7 +97,7 @@ def _shape(value) -> tuple[int, ...]:
     return tuple(getattr(value, "shape", ()))
 
 
-def restore(path, model, guide, step: Step, config, like: torch.Tensor) -> _Progress:
+def restore(path, model, guide, step: Step, config, like: torch.Tensor) -> Progress:
     """Put a checkpoint back: module buffers by ``load_state_dict``, every parameter by copying
     into the tensor the param store already holds (so the networks registered with
     ``pyro.module`` or as ``PyroModule`` train the restored values), on ``like``'s device."""
@@ -108,4 +108,4 @@ def restore(path, model, guide, step: Step, config, like: torch.Tensor) -> _Prog
     ckpt.restore_params(saved["params"], like)
     step.load_state_dict(saved["optim"])
     _set_rng_states(saved["rng"], path)
-    return _Progress(**saved["progress"])
+    return Progress(**saved["progress"])
