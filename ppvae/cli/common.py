@@ -23,6 +23,15 @@ class Parser(argparse.ArgumentParser):
 
     Its subparsers are of this class too. Under torchrun, rank 0 alone prints the line (every
     rank parses the same command line); ``--help`` and ``--version`` are argparse's own.
+
+    Examples
+    --------
+    >>> p = Parser(prog="ppvae")
+    >>> _ = p.add_argument("--model", choices=["bernoulli", "gaussian"])
+    >>> p.parse_args(["--model", "gaussian"]).model
+    'gaussian'
+    >>> unknown_choice("bernouli", ["bernoulli", "gaussian"])  # what a typo gets
+    "unknown choice 'bernouli'; did you mean 'bernoulli'? (choices: bernoulli, gaussian)"
     """
 
     def parse_args(self, args=None, namespace=None):

@@ -38,6 +38,7 @@ class Dataset(NamedTuple):
 
     Examples
     --------
+    >>> from ppvae.data import load_dataset
     >>> data = load_dataset("digits")
     >>> data.train.shape, data.test.shape, data.image_shape
     (torch.Size([1437, 64]), torch.Size([360, 64]), (1, 8, 8))
