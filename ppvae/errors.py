@@ -74,11 +74,13 @@ def shown(value, limit: int = SHOWN_LIMIT) -> str:
     >>> shown(3), shown([1, 2])
     ('3', '[1, 2]')
     """
-    text = value if isinstance(value, str) else repr(value)
-    if len(text) <= limit:
-        return repr(text) if isinstance(value, str) else " ".join(text.split())
-    quoted = repr(text[:limit])
-    return f"{quoted[:-1]}…{quoted[-1]} ({len(text)} characters)"
+    if not isinstance(value, str):
+        text = " ".join(repr(value).split())
+        return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+    if len(value) <= limit:
+        return repr(value)
+    quoted = repr(value[:limit])
+    return f"{quoted[:-1]}…{quoted[-1]} ({len(value)} characters)"
 
 
 def first_line(err: BaseException) -> str:

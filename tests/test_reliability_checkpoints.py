@@ -111,9 +111,9 @@ def test_a_resume_that_stopped_early_still_loads(run_dir):
     [
         (
             lambda c: c.update(model="continuous-bernoulli"),
-            'model is "continuous-bernoulli", the checkpoint\'s "bernoulli"',
+            "model is 'continuous-bernoulli', the checkpoint's 'bernoulli'",
         ),
-        (lambda c: c.pop("binarize"), 'binarize is missing (the checkpoint has "static")'),
+        (lambda c: c.pop("binarize"), "binarize is missing (the checkpoint has 'static')"),
         (lambda c: c.pop("arch"), "arch is missing (the checkpoint has {"),
         (lambda c: c["arch"].update(z_dim=3), "arch.z_dim is 3, the checkpoint's 2"),
         (lambda c: c["fit"].pop("lr"), "fit.lr is missing (the checkpoint has 0.003)"),

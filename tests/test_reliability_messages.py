@@ -194,7 +194,7 @@ def test_elbo_terms_streams_its_samples(monkeypatch):
         return inner(x, *args, **kwargs)
 
     monkeypatch.setattr(model, "forward", forward)
-    monkeypatch.setattr(sys.modules["ppvae.evaluation.metrics"], "MAX_ROWS", 8)
+    monkeypatch.setattr(sys.modules["ppvae.evaluation.bounds"], "MAX_ROWS", 8)
     streamed = elbo_terms(model, guide, x, num_samples=100, analytic=False).elbo
     assert max(seen[1:]) <= 8  # (the first call is the check on the probe rows)
     torch.testing.assert_close(streamed, whole, rtol=0, atol=1e-9)
