@@ -7,6 +7,10 @@ parameters row by row:
 - a guide with an encoder ``net`` and a distribution ``head`` (ppvae's amortized guides, the
   flow included) frees the head's raw parameters h_n = net(x_n), so a flow keeps its
   transforms and frees its context;
+- a per-datapoint guide (``amortized = False``, such as
+  :class:`~ppvae.guides.local.LocalGuide`) has no parameters for new rows: it offers
+  ``start(x)``, raw parameters for its ``head`` at its sample site ``site``, and those are
+  freed (its own trained rows are left alone);
 - any other guide (a Pyro-tutorial ``guide(x)``, say) frees the distribution's own parameters
   at each site (``loc`` and ``scale`` of a Normal, ``loc`` and ``scale_tril`` of a
   MultivariateNormal, ...), unconstrained through ``torch.distributions.transform_to``.
@@ -88,6 +92,13 @@ def _head_site(guide, name: str, x: torch.Tensor) -> _Site:
     return _Site(name, [h], lambda free: guide.head(free[0]))
 
 
+def _start_site(guide, x: torch.Tensor) -> _Site:
+    """A per-datapoint guide's site for new rows: its ``start(x)`` through its ``head``."""
+    with torch.no_grad():
+        h = guide.start(x).detach()
+    return _Site(guide.site, [h], lambda free: guide.head(free[0]))
+
+
 def _family_site(name: str, fn: dist.Distribution, rows: int) -> _Site:
     inner, ndims = fn, 0
     while isinstance(inner, dist.Independent):
@@ -119,6 +130,8 @@ def free_guide(guide, x: torch.Tensor, plate: str = DEFAULT_PLATE) -> FreeGuide:
     ValueError
         When the guide samples a global latent site, or a site's law cannot be refined.
     """
+    if not getattr(guide, "amortized", True) and hasattr(guide, "start"):
+        return FreeGuide([_start_site(guide, x)], x.shape[0], plate)
     with torch.no_grad():
         trace = poutine.trace(batched(guide, plate)).get_trace(x, None, None)
     sites = []

@@ -2,10 +2,12 @@
 
 The Python API in brief::
 
+    import ppvae
     from ppvae import ArchConfig, DataShape, FitConfig, fit, evaluate, load_dataset
     from ppvae.models import MODELS
     from ppvae.guides import GUIDES
 
+    ppvae.seed(0)  # before building: the networks' first weights are drawn here
     data = load_dataset("digits")
     shape = DataShape(data.train.shape[1], data.image_shape, data.train.shape[0])
     model = MODELS["bernoulli"](ArchConfig(z_dim=2), shape)
@@ -22,6 +24,7 @@ from ppvae.experiments.run_config import RunConfig
 from ppvae.experiments.saved_runs import LoadedRun, load_run
 from ppvae.infer.fitting import FitConfig, FitResult, TrainingError, fit
 from ppvae.pairs.checker import ModelGuideError, check, problems
+from ppvae.seeding import seed
 
 __version__ = "0.1.0"
 
@@ -45,4 +48,5 @@ __all__ = [
     "load_run",
     "log_likelihood",
     "problems",
+    "seed",
 ]

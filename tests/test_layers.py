@@ -20,7 +20,14 @@ SOURCES = {
 LAYERS = [
     (
         "foundation",
-        ["ppvae.errors", "ppvae.config", "ppvae.nets", "ppvae.distributed", "ppvae.outputs"],
+        [
+            "ppvae.errors",
+            "ppvae.config",
+            "ppvae.nets",
+            "ppvae.distributed",
+            "ppvae.outputs",
+            "ppvae.seeding",
+        ],
     ),
     ("data", ["ppvae.data"]),
     ("baselines", ["ppvae.baselines"]),

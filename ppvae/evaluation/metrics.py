@@ -15,8 +15,8 @@ from ppvae.evaluation.bounds import elbo_terms, log_likelihood, validated_for
 from ppvae.pairs import DEFAULT_PLATE, aside, batched, data_frame, observed_site, sample_sites
 
 
-def _local_guide_sites(guide, x: torch.Tensor, plate: str):
-    trace = poutine.trace(batched(guide, plate)).get_trace(x, None, None)
+def _local_guide_sites(guide, x: torch.Tensor, plate: str, idx: torch.Tensor | None = None):
+    trace = poutine.trace(batched(guide, plate)).get_trace(x, idx, None)
     return {
         name: site
         for name, site in sample_sites(trace).items()
@@ -35,14 +35,19 @@ def _mean(fn: dist.Distribution, num_samples: int) -> torch.Tensor:
 
 @torch.no_grad()
 def posterior_means(
-    guide, x: torch.Tensor, *, num_samples: int = 64, plate: str = DEFAULT_PLATE
+    guide,
+    x: torch.Tensor,
+    *,
+    num_samples: int = 64,
+    idx: torch.Tensor | None = None,
+    plate: str = DEFAULT_PLATE,
 ) -> torch.Tensor:
     """E_q[z | x] for each row, shape (N, q): exact where q has a mean, else a sample mean.
 
     With several local latent sites, their means are flattened and concatenated in the order
-    the guide samples them.
+    the guide samples them. ``idx`` (N,) gives the rows' numbers to a per-datapoint guide.
     """
-    sites = _local_guide_sites(guide, x, plate)
+    sites = _local_guide_sites(guide, x, plate, idx)
     if not sites:  # every latent is global or enumerated: nothing per example to average
         return x.new_zeros(x.shape[0], 0)
     return torch.cat(
@@ -51,9 +56,15 @@ def posterior_means(
 
 
 def active_units(
-    guide, x: torch.Tensor, *, threshold: float = 0.01, plate: str = DEFAULT_PLATE
+    guide,
+    x: torch.Tensor,
+    *,
+    threshold: float = 0.01,
+    idx: torch.Tensor | None = None,
+    plate: str = DEFAULT_PLATE,
 ) -> tuple[int, torch.Tensor]:
-    """Active latent units (Burda et al. 2016): dimensions with Cov_x(E_q[z | x]) > threshold.
+    """Active latent units (Burda et al. 2016): dimensions with Cov_x(E_q[z | x]) > threshold,
+    the covariance taken over the rows of ``x`` (row numbers ``idx`` for a per-datapoint guide).
 
     Returns
     -------
@@ -61,7 +72,7 @@ def active_units(
     variances : Tensor, shape (q,)
         The variance over examples of each coordinate of E_q[z | x].
     """
-    means = posterior_means(guide, x, plate=plate)
+    means = posterior_means(guide, x, idx=idx, plate=plate)
     if means.shape[-1] == 0:  # no local latent to be active
         return 0, means.new_zeros(0)
     variances = means.var(0)
@@ -95,6 +106,9 @@ def evaluate(
     ``log_px_sd`` (spread over examples), ``bits_per_dim``, ``active_units``, ``num_samples``,
     all per example in nats except where named. The model and guide are scored with the
     parameters they hold now (Pyro's param store), whatever their calling convention.
+    ``idx`` (N,), the rows' numbers in the training set, is passed to the guide (a
+    per-datapoint guide reads its parameters there); the active units are then counted over
+    exactly those rows.
     """
     x = validated_for(model, x)
     terms = elbo_terms(model, guide, x, idx=idx, num_samples=10, plate=plate)
@@ -107,9 +121,8 @@ def evaluate(
         "log_px_sd": ll.log_px.std().item(),
         "bits_per_dim": bits_per_dim(log_px, scored_dims(x), levels),
         "num_samples": num_samples,
+        "active_units": active_units(guide, x, idx=idx, plate=plate)[0],
     }
-    if idx is None:
-        row["active_units"] = active_units(guide, x, plate=plate)[0]
     return pd.DataFrame([row])
 
 

@@ -12,6 +12,7 @@ import contextlib
 import math
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from ppvae.data import binarize_sample
 from ppvae.errors import TrainingError, first_line  # TrainingError: also importable here
 from ppvae.evaluation.bounds import elbo_terms
 from ppvae.infer.step import Step
+from ppvae.pairs import aside
 
 CHECK_EVERY = 50
 """Steps between looks at the losses (each look waits for the device)."""
@@ -135,10 +137,42 @@ def _mean_across_ranks(losses: torch.Tensor) -> torch.Tensor:
     return distributed.sum_across(losses) / distributed.ranks().world
 
 
+NO_TEST_ROW = {"test_elbo": math.nan, "test_reconstruction": math.nan, "test_kl": math.nan}
+
+
+def _refined_terms(model, guide, test: torch.Tensor, config):
+    """The test ELBO terms of a non-amortized guide (``amortized = False``), which has no
+    parameters for the test rows: its ``refined(model, x, seed=, plate=)`` fits them (psi
+    refined with the model fixed, :meth:`ppvae.guides.local.LocalGuide.refined`). Both the
+    refinement and the score draw from ``config.seed``, aside from the training stream, so
+    every epoch, rank and resumed run refines alike. Without ``refined``: None, and a warning.
+    """
+    if not hasattr(guide, "refined"):
+        warnings.warn(
+            f"test_elbo is NaN: the guide ({type(guide).__name__}) is not amortized and has no "
+            "refined(model, x) method to fit parameters for the test rows",
+            stacklevel=3,
+        )
+        return None
+    idx = torch.arange(test.shape[0], device=test.device)
+    with aside(test):
+        torch.manual_seed(config.seed)
+        refined = guide.refined(model, test, seed=config.seed, plate=config.plate)
+        n = config.test_samples
+        return elbo_terms(model, refined, test, idx=idx, num_samples=n, plate=config.plate)
+
+
 def _test_row(model, guide, test, config) -> dict[str, float]:
-    if test is None or not getattr(guide, "amortized", True):
-        return {"test_elbo": math.nan, "test_reconstruction": math.nan, "test_kl": math.nan}
-    terms = elbo_terms(model, guide, test, num_samples=config.test_samples, plate=config.plate)
+    """The epoch's test ELBO and its terms; NaN without a test split."""
+    if test is None:
+        return dict(NO_TEST_ROW)
+    if getattr(guide, "amortized", True):
+        n = config.test_samples
+        terms = elbo_terms(model, guide, test, num_samples=n, plate=config.plate)
+    else:
+        terms = _refined_terms(model, guide, test, config)
+    if terms is None:
+        return dict(NO_TEST_ROW)
     return {
         "test_elbo": terms.elbo.mean().item(),
         "test_reconstruction": terms.reconstruction.mean().item(),

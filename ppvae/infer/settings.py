@@ -40,9 +40,18 @@ class FitConfig(JsonConfig):
     kl_warmup_epochs : int
         Raise the KL weight linearly from 0 to ``beta`` over this many epochs (0: no warm-up).
     test_samples : int
-        Monte Carlo samples per example for the test ELBO reported each epoch.
+        Monte Carlo samples per example for the test ELBO reported each epoch. A guide with no
+        encoder (``amortized = False``, such as ``GUIDES["local"]``) has no parameters for
+        the test rows: each epoch its ``refined(model, x)`` fits them first, with the model
+        fixed (:meth:`~ppvae.guides.local.LocalGuide.refined`: ``refine_steps`` Adam steps,
+        100 by default, from ``seed``); one without ``refined`` reports NaN, with a warning.
     seed : int
-        Seeds Pyro, torch, NumPy and Python, and the per-epoch shuffles.
+        What ``fit`` draws itself: when it starts (after the pair is checked), it seeds
+        Pyro's, torch's, NumPy's and Python's generators with ``seed + rank`` (the draws of
+        z in training); the per-epoch shuffles and dynamic binarization come from
+        ``(seed, epoch)``, and the test scores of a non-amortized guide from ``seed``. It does
+        not reach the networks' initial weights, drawn when the model and guide were built:
+        call :func:`ppvae.seed` before building them for a bit-identical run.
     device : str
         ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
     plate : str

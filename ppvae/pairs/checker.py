@@ -18,6 +18,7 @@ from pyro import poutine
 from ppvae.errors import ModelGuideError, first_line  # ModelGuideError: also importable here
 from ppvae.pairs import (
     DEFAULT_PLATE,
+    aside,
     batched,
     claim_parameters,
     data_frame,
@@ -27,22 +28,47 @@ from ppvae.pairs.objectives import OBJECTIVES
 from ppvae.pairs.parameter_checks import param_problems
 
 
-def _hint(message: str, x: torch.Tensor, who: str) -> str:
+def _hint(message: str, x: torch.Tensor, who: str, stale: str) -> str:
     """What commonly lies behind a failure's message, in a few words (the first that fits)."""
     if "dtype" in message or "scalar type" in message:
         return (
             f" (the data is {x.dtype}: convert it to the dtype of the pair's parameters; fit "
             "converts a pair to its training data's dtype)"
         )
-    shapes = ("cannot be multiplied", "size mismatch", "must match the size", "Shape mismatch")
-    if any(s in message for s in shapes) and len(pyro.get_param_store()):
-        return (
-            " (the param store holds values from earlier runs: if they belong to another "
-            "model, call pyro.clear_param_store() first)"
-        )
+    if stale:
+        return f" ({stale}: call pyro.clear_param_store() first)"
     if who == "guide" and x.is_floating_point() and bool(x.isnan().any()):
         return MISSING_HINT
     return ""
+
+
+def _stale_entries(fn, args) -> str:
+    """Why the param store is to blame for ``fn`` failing, or "" when it is not: ``fn`` runs
+    in an empty store (which is then put back as it was) and fails there too, or the store
+    was empty. The entries named are those ``fn`` creates with another shape."""
+    store = pyro.get_param_store()
+    if not len(store):
+        return ""
+    saved = store.get_state()
+    store.clear()
+    try:
+        with aside(args[0]), poutine.block(), torch.no_grad():
+            fn(*args)
+        fresh = {name: tuple(store[name].shape) for name in store.keys()}
+    except Exception:  # it fails without the old entries too: they are not the cause
+        return ""
+    finally:
+        store.clear()
+        store.set_state(saved)
+    old = {name: tuple(store[name].shape) for name in store.keys()}
+    named = [
+        f"'{name}' of shape {old[name]} where this pair creates {shape}"
+        for name, shape in fresh.items()
+        if name in old and old[name] != shape
+    ][:3]
+    if not named:
+        return "the param store holds values from an earlier run, and without them this works"
+    return f"the param store holds {', '.join(named)}, from an earlier run"
 
 
 def _run(fn, who: str, args):
@@ -50,7 +76,7 @@ def _run(fn, who: str, args):
         return poutine.trace(fn).get_trace(*args), None
     except Exception as err:  # any failure of user code becomes a readable problem
         line, x = first_line(err), args[0]
-        hint = _hint(line, x, who)
+        hint = _hint(line, x, who, _stale_entries(fn, args))
         return None, f"the {who} failed on a batch of shape {tuple(x.shape)}: {line}{hint}"
 
 

@@ -1,4 +1,5 @@
-"""Per-datapoint guides: row-wise gradients, and refinement of a guide's output."""
+"""Per-datapoint guides: row-wise gradients, refinement of a guide's output, how fit scores
+a guide with no parameters for the test rows, and the param store hint."""
 
 import pyro
 import pyro.distributions as dist
@@ -6,7 +7,16 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
-from ppvae import ArchConfig, DataShape, FitConfig, fit, load_dataset
+from ppvae import (
+    ArchConfig,
+    DataShape,
+    FitConfig,
+    ModelGuideError,
+    check,
+    evaluate,
+    fit,
+    load_dataset,
+)
 from ppvae.evaluation.metrics import elbo_terms
 from ppvae.guides import GUIDES
 from ppvae.guides.amortized import DiagonalNormalHead
@@ -134,3 +144,113 @@ def test_a_global_latent_is_not_refined():
 
     with pytest.raises(ValueError, match="cannot refine the global latent site 'shift'"):
         refine(None, guide, torch.zeros(5, 64), steps=1)
+
+
+@pytest.fixture(scope="module")
+def local_fit():
+    """GUIDES["local"] fitted 2 epochs on digits as the README builds it (a tiny net, 20
+    refinement steps, 100 test rows), and its history."""
+    full = load_dataset("digits", binarize="static")
+    data = full._replace(test=full.test[:100], test_labels=None)
+    arch = ArchConfig(z_dim=2, hidden=(16,))
+    shape = DataShape(64, data.image_shape, data.train.shape[0])
+    model = MODELS["bernoulli"](arch, shape)
+    guide = GUIDES["local"](arch, shape, model)
+    guide.refine_steps = 20
+    config = FitConfig(epochs=2, batch_size=256, device="cpu", seed=3)
+    history = fit(model, guide, data, config, progress=False).history
+    return model, guide, data.test, config, history
+
+
+def test_fit_scores_a_local_guide_by_refining_psi_on_the_test_rows(local_fit):
+    """The test ELBO of a guide with no parameters for the test rows is the ELBO once psi is
+    refined on them (the model fixed): exactly what refine gives from the same seed."""
+    model, guide, test, config, history = local_fit
+    assert history.test_elbo.notna().all() and (history.test_elbo < 0).all()
+    torch.manual_seed(config.seed)  # as fit does, aside from its training draws
+    result = refine(model, guide, test, steps=20, lr=0.05, eval_samples=10, seed=config.seed)
+    idx = torch.arange(len(test))
+    terms = elbo_terms(model, result.guide, test, idx=idx, num_samples=1)
+    last = history.iloc[-1]
+    assert last.test_elbo == terms.elbo.mean().item()
+    assert last.test_kl == terms.kl.mean().item()
+    # and it agrees with refine's own (10-draw, best-checkpoint) estimate within the noise
+    gap = terms.elbo - result.refined_elbo
+    assert abs(gap.mean()) < 4 * gap.std() / len(test) ** 0.5
+    # refinement did something: it ends above its start (psi = 0) row for row
+    assert (result.refined_elbo >= result.amortized_elbo).all()
+    assert result.refined_elbo.mean() > result.amortized_elbo.mean() + 0.1
+
+
+def test_a_per_datapoint_guide_that_cannot_refine_says_so():
+    """Not amortized, and no refined(): NaN in the history, with one warning line saying why."""
+
+    x = load_dataset("digits", binarize="static")
+    data = x._replace(test=x.test[:20])
+    shape = DataShape(64, None, len(data.train))
+    model = MODELS["bernoulli"](ArchConfig(z_dim=2, hidden=(8,)), shape)
+    local = LocalGuide(DiagonalNormalHead(2), len(data.train))
+
+    def guide(x, idx=None, num_data=None):
+        return local(x, idx, num_data)
+
+    guide.amortized = False
+    config = FitConfig(epochs=1, batch_size=512, device="cpu")
+    with pytest.warns(UserWarning, match=r"test_elbo is NaN: the guide \(function\) is not amort"):
+        history = fit(model, guide, data, config, progress=False).history
+    assert history.test_elbo.isna().all()
+
+
+def _linear_pair(rows: int, z_dim: int):
+    """A model whose weight W (rows, 64) is a pyro.param, and a guide with z of z_dim."""
+
+    def model(x):
+        W = pyro.param("W", torch.zeros(rows, 64))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), z_dim), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.new_zeros(len(x), z_dim), 1.0).to_event(1))
+
+    return model, guide
+
+
+def test_no_param_store_hint_when_the_pair_fails_on_its_own():
+    """Right after clear_param_store, a pair that is wrong by itself (W has 3 rows, z has 2)
+    gets no "clear the param store" hint, though its own W is in the store by then."""
+    pyro.clear_param_store()
+    with pytest.raises(ModelGuideError) as err:
+        check(*_linear_pair(3, 2), torch.rand(10, 64))
+    assert "cannot be multiplied" in str(err.value)
+    assert "param store" not in str(err.value) and "W" in pyro.get_param_store()
+
+
+def test_the_hint_names_a_stale_entry_and_leaves_the_store_as_it_was():
+    """A W of 2 rows left by an earlier pair breaks a pair that creates W with 4: the hint
+    names it with both shapes; the store still holds the old W afterwards."""
+    check(*_linear_pair(2, 2), torch.rand(10, 64))
+    with pytest.raises(ModelGuideError, match=r"cannot be multiplied") as err:
+        check(*_linear_pair(4, 4), torch.rand(10, 64))
+    assert str(err.value).endswith(
+        "(the param store holds 'W' of shape (2, 64) where this pair creates (4, 64), from an "
+        "earlier run: call pyro.clear_param_store() first)"
+    )
+    assert pyro.get_param_store()["W"].shape == (2, 64)
+
+
+def test_evaluate_with_idx_counts_active_units_over_the_rows_given():
+    """A per-datapoint guide scored on training rows by idx: active_units is kept, and is the
+    number of coordinates of E_q[z] = mu_n whose variance over those rows exceeds 0.01."""
+    x = load_dataset("digits", binarize="static").train[:50]
+    model = MODELS["bernoulli"](ArchConfig(z_dim=3, hidden=(8,)), DataShape(64, None, 50))
+    init = torch.zeros(50, 6)
+    init[:, 0] = torch.linspace(-1, 1, 50)  # variance 0.35 over all rows
+    init[:25, 1] = 0.5  # varies only across the first half
+    guide = LocalGuide(DiagonalNormalHead(3), 50, init=init)
+    idx = torch.arange(25, 50)  # second half: coordinate 1 is constant there
+    row = evaluate(model, guide, x[idx], idx=idx, num_samples=10).iloc[0]
+    assert row.active_units == 1
+    row = evaluate(model, guide, x, idx=torch.arange(50), num_samples=10).iloc[0]
+    assert row.active_units == 2
