@@ -102,7 +102,10 @@ def _pictures(result: FitResult, data: Dataset, test: torch.Tensor, out: Path) -
         samples = generate(model, test[:100])
         title = "samples from the prior: E[x | z], z ~ p(z)"
         plots.image_grid(samples, data.image_shape, out / "samples.png", title=title)
-        plots.interpolation(model, guide, test[:8], data.image_shape, out / "interpolation.png")
+        if z.shape[-1] >= 1:  # a latent per example to walk between
+            plots.interpolation(
+                model, guide, test[:8], data.image_shape, out / "interpolation.png"
+            )
         if z.shape[-1] >= 2:
             plots.latent_grid(model, guide, test, data.image_shape, out / "latent_grid.png")
     if z.shape[-1] == 2:
