@@ -23,6 +23,7 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
     assert names == {
         "config.json", "history.csv", "checkpoint.pt", "metrics.csv",
         "elbo.png", "reconstructions.png", "samples.png", "latent.png",
+        "interpolation.png", "latent_grid.png",
     }  # fmt: skip
     run = RunConfig.load(out / "config.json")
     assert (run.dataset, run.model, run.guide, run.fit.epochs) == (

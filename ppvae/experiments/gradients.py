@@ -18,7 +18,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ppvae.config import ConfigError, atomic_write_text
-from ppvae.experiments.plots import save
+from ppvae.experiments.plots import InlineFigure, save
 from ppvae.pairs import batched, param_tensors
 from ppvae.pairs.objectives import OBJECTIVES
 
@@ -250,7 +250,7 @@ def gradient_plot(table: pd.DataFrame, path=None) -> Figure:
     """Bar charts of total variance and SNR per estimator (bars) and group (clusters)."""
     groups = list(dict.fromkeys(table["group"]))
     estimators = list(dict.fromkeys(table["estimator"]))
-    fig = Figure(figsize=(4 + 1.2 * len(groups), 3.5))
+    fig = InlineFigure(figsize=(4 + 1.2 * len(groups), 3.5))
     axes = fig.subplots(1, 2)
     width = 0.8 / len(estimators)
     for i, est in enumerate(estimators):

@@ -95,12 +95,19 @@ def _pictures(result: FitResult, data: Dataset, test: torch.Tensor, out: Path) -
     model, guide = result.model, result.guide
     if not getattr(guide, "amortized", True):
         return [out / "elbo.png"]
+    z = posterior_means(guide, test)
     if data.image_shape is not None:
         x_hat = reconstruct(model, guide, test[:20])
         plots.reconstructions(test[:20], x_hat, data.image_shape, out / "reconstructions.png")
         samples = generate(model, test[:100])
-        plots.image_grid(samples, data.image_shape, out / "samples.png", title="samples")
-    z = posterior_means(guide, test)
+        title = "samples from the prior: E[x | z], z ~ p(z)"
+        plots.image_grid(samples, data.image_shape, out / "samples.png", title=title)
+        if z.shape[-1] >= 1:  # a latent per example to walk between
+            plots.interpolation(
+                model, guide, test[:8], data.image_shape, out / "interpolation.png"
+            )
+        if z.shape[-1] >= 2:
+            plots.latent_grid(model, guide, test, data.image_shape, out / "latent_grid.png")
     if z.shape[-1] == 2:
         plots.latent_scatter(z, data.test_labels, out / "latent.png")
     return [out / n for n in PICTURES if (out / n).exists()]
@@ -118,8 +125,9 @@ def train(
 
     Files: ``config.json``, ``history.csv`` (rewritten every epoch), ``checkpoint.pt``
     (every epoch and on Ctrl-C), and when training completes ``metrics.csv`` (test ELBO and
-    importance-sampled log p(x)), ``elbo.png``, ``reconstructions.png``, ``samples.png``, and
-    ``latent.png`` when z is 2-D.
+    importance-sampled log p(x)), ``elbo.png``, ``reconstructions.png``, ``samples.png``,
+    ``interpolation.png`` (four pairs of test images), ``latent_grid.png`` (decoded over the
+    first two latent dimensions) and ``latent.png`` when z is 2-D.
 
     Everything is checked first (the output folder, the config, the data, the device, the model
     and guide on a batch). A new run is built in a hidden folder beside ``out`` and moved into

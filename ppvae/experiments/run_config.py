@@ -26,7 +26,14 @@ from ppvae.models import MODELS
 CONFIG, HISTORY, CHECKPOINT, METRICS = "config.json", "history.csv", "checkpoint.pt", "metrics.csv"
 
 
-PICTURES = ("elbo.png", "reconstructions.png", "samples.png", "latent.png")
+PICTURES = (
+    "elbo.png",
+    "reconstructions.png",
+    "samples.png",
+    "interpolation.png",
+    "latent_grid.png",
+    "latent.png",
+)
 
 
 def _choose(kind: str, name: str, registry) -> None:

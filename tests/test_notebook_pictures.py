@@ -1,0 +1,62 @@
+"""Pictures show in a notebook: executed in a Jupyter kernel (smoke mode), every plot cell
+carries a PNG image, none shows only ``<Figure size ...>`` text, and no progress bar warns
+that IProgress (ipywidgets) is missing."""
+
+import base64
+from pathlib import Path
+
+import nbformat
+import pytest
+
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def plot_cell(source: str) -> bool:
+    """A cell that draws: it calls one of ppvae's plots or shows a pyplot figure."""
+    return "plots." in source or "plt.show()" in source
+
+
+@pytest.fixture(scope="module")
+def executed():
+    nb = nbformat.read(NOTEBOOKS / "06_generating.ipynb", as_version=4)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PPVAE_SMOKE", "1")  # the kernel inherits the environment
+        patch.setenv("OMP_NUM_THREADS", "1")
+        client = nbclient.NotebookClient(
+            nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": NOTEBOOKS}}
+        )
+        client.execute()
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+def test_every_plot_cell_shows_a_png(executed):
+    plotting = [cell for cell in executed if plot_cell(cell.source)]
+    assert len(plotting) == 6  # ELBO, samples, interpolation, grid, scatter, active units
+    for cell in plotting:
+        images = [o.data["image/png"] for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert len(images) == 1, cell.source
+        assert base64.b64decode(images[0]).startswith(PNG), cell.source
+
+
+def test_no_figure_shows_as_text_alone(executed):
+    for cell in executed:
+        for output in cell.outputs:
+            data = output.get("data", {})
+            if data.get("text/plain", "").startswith("<Figure size"):
+                assert "image/png" in data, cell.source
+
+
+def test_no_progress_bar_warns_about_ipywidgets(executed):
+    streams = "".join(
+        output.text for cell in executed for output in cell.outputs if output.get("name")
+    )
+    assert "IProgress" not in streams and "TqdmWarning" not in streams
+
+
+def test_the_training_bar_is_a_jupyter_widget(executed):
+    (training,) = [cell for cell in executed if "progress=True" in cell.source]
+    kinds = [key for output in training.outputs for key in output.get("data", {})]
+    assert "application/vnd.jupyter.widget-view+json" in kinds  # tqdm.auto's notebook bar
