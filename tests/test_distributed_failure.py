@@ -136,6 +136,7 @@ def test_one_rank_failing_alone_ends_the_others_within_seconds(tmp_path):
     finally:
         for p in processes:
             p.kill()
+            p.join()
     failed_at, error = (tmp_path / "failed-1").read_text().split("\n", 1)
     # rank 1's caller got the real error, and its process lived on
     assert error == "TrainingError: training failed at epoch 2, step 3: injected failure"
