@@ -14,21 +14,26 @@ or by the caller before :func:`ppvae.fit`), training is data parallel with DDP's
   and stops (NaN, Ctrl-C) at the same step;
 - evaluation inside ``fit`` (and ``ppvae train``) shards the test rows across ranks and gathers
   the per-example results (:func:`scoring_together`); called on its own, it scores locally;
-- rank 0 alone writes the checkpoint (with every rank's random state), history and pictures.
+- rank 0 alone writes the checkpoint (with every rank's random state), history and pictures;
+- an exception that one rank meets alone inside ``fit`` stops the other ranks within seconds
+  (:func:`stopping_together`), not at the backend's timeout (30 minutes for gloo).
 
 On one process, every function here is the identity (or a no-op), so the same code runs.
 """
 
 import contextlib
 import contextvars
+import itertools
 import os
+import sys
+import threading
 import warnings
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 
-from ppvae.errors import ConfigError
+from ppvae.errors import ConfigError, first_line
 
 
 class Ranks(NamedTuple):
@@ -243,3 +248,98 @@ def gather_objects(obj) -> list:
     found = [None] * ranks().world
     dist.all_gather_object(found, obj)
     return found
+
+
+WATCH_EVERY = 0.5
+"""Seconds between a rank's looks, inside ``fit``, for another rank's failure."""
+
+GRACE = 2.0
+"""Seconds a rank that saw another's failure gives its own ``fit`` to end by itself first."""
+
+_WATCHED = itertools.count()  # fit calls under torch.distributed: the same count on every rank
+
+
+def group_store() -> dist.Store:
+    """The store of the default process group, which every rank reaches whoever made the group
+    (torchrun's TCPStore, a ``file://`` FileStore): the public ``get_group_store``."""
+    return dist.group.WORLD.get_group_store()
+
+
+class Watchdog:
+    """A thread that looks for ``key`` in ``store`` every ``every`` seconds: once another rank
+    wrote its failure there, it gives this rank ``grace`` seconds to end the block by itself,
+    then prints one line on stderr and ends the process with status 2 (a collective waiting
+    for a rank that left is blocked in C++, and for gloo nothing called from Python, not even
+    ``destroy_process_group`` or ``abort``, makes it return; torchrun ends a failed group's
+    processes too).
+
+    Examples
+    --------
+    >>> watchdog = Watchdog(dist.HashStore(), "failed", rank=0, every=0.01).start()
+    >>> watchdog.stop()  # the block ended: the thread is gone, nothing printed
+    >>> watchdog.thread.is_alive()
+    False
+    """
+
+    def __init__(self, store, key: str, rank: int, every: float = WATCH_EVERY, grace=GRACE):
+        self.store, self.key, self.rank, self.every, self.grace = store, key, rank, every, grace
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="ppvae-watchdog", daemon=True)
+
+    def start(self) -> "Watchdog":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=2 * self.every + 1)
+
+    def _watch(self) -> None:
+        while not self.done.wait(self.every):
+            try:
+                if not self.store.check([self.key]):
+                    continue
+                failure = self.store.get(self.key).decode(errors="replace")
+            except Exception:  # the store is gone (the rank that hosted it ended)
+                return
+            if self.done.wait(self.grace):  # this rank's block ended by itself meanwhile
+                return
+            sys.stdout.flush()
+            print(f"ppvae: error: [rank {self.rank}] stopping: {failure}", file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(2)
+
+
+@contextlib.contextmanager
+def stopping_together():
+    """Under torch.distributed, stop every rank when one rank meets an exception alone inside
+    the block (``fit`` enters it); on one process, nothing.
+
+    The failing rank writes ``rank k failed: <its one line>`` in the group's store and
+    re-raises (its caller sees the real error; its process lives on). Every other rank, which
+    would wait in its next collective until the backend's timeout, sees it within
+    :data:`WATCH_EVERY` seconds (a :class:`Watchdog`), waits :data:`GRACE` seconds, prints
+    ``ppvae: error: [rank r] stopping: rank k failed: ...`` and ends its process with status
+    2. An error every rank meets together (a PPVAEError's ``every_rank``) ends nothing.
+    """
+    rank, world = ranks()
+    if world == 1:
+        yield
+        return
+    key, store = f"ppvae/fit-{next(_WATCHED)}/failed", group_store()
+    with contextlib.suppress(Exception):  # a TCPStore's clone: a connection for the thread
+        store = store.clone()
+    watchdog = Watchdog(store, key, rank).start()
+    try:
+        yield
+    except BaseException as err:
+        watchdog.stop()
+        if not getattr(err, "every_rank", False):
+            line = first_line(err)
+            if not hasattr(err, "every_rank") and line != type(err).__name__:
+                line = f"{type(err).__name__}: {line}"  # not ppvae's own: its type says more
+            with contextlib.suppress(Exception):  # a store whose host ended: they end anyway
+                group_store().set(key, f"rank {rank} failed: {line}")
+        raise
+    finally:
+        watchdog.stop()

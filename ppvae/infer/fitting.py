@@ -192,10 +192,25 @@ def fit(
         When ``checkpoint`` is a folder, or in a folder that does not exist.
     OutputError
         When another process is writing ``checkpoint`` (another ``fit`` or ``ppvae train``).
+
+    Notes
+    -----
+    Under ``torch.distributed``, an exception that one rank meets alone (a step that fails on
+    its batch, an error in ``on_epoch``, its own Ctrl-C) is raised on that rank as usual, and
+    its process lives on; the other ranks would wait for it in their next collective until the
+    backend's timeout (30 minutes for gloo), and no call from Python can free them. So every
+    rank watches the process group's store while it is in ``fit``: within about 3 seconds each
+    other rank prints ``ppvae: error: [rank r] stopping: rank k failed: <its error>`` on stderr
+    and **ends its process** with exit status 2, as torchrun ends a failed group's processes.
+    Errors that every rank meets together (mismatched data, a non-finite loss) are raised on
+    every rank and end no process (see :func:`ppvae.distributed.stopping_together`).
     """
     _check_checkpoint_path(checkpoint)
     path = None if checkpoint is None else os.fspath(checkpoint)  # a Staging's path, shown
-    with holding(checkpoint, f"the checkpoint {path}", CHECKPOINT_HINT):
+    with (
+        distributed.stopping_together(),  # one rank's error ends the ranks waiting for it
+        holding(checkpoint, f"the checkpoint {path}", CHECKPOINT_HINT),
+    ):
         return _fit(model, guide, data, config, checkpoint, resume, progress, on_epoch, run_info)
 
 
