@@ -19,9 +19,9 @@ def plot_cell(source: str) -> bool:
     return "plots." in source or "plt.show()" in source
 
 
-@pytest.fixture(scope="module")
-def executed():
-    nb = nbformat.read(NOTEBOOKS / "06_generating.ipynb", as_version=4)
+def execute(name: str) -> list:
+    """The code cells of notebook ``name`` after a run in a kernel, in smoke mode."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PPVAE_SMOKE", "1")  # the kernel inherits the environment
         patch.setenv("OMP_NUM_THREADS", "1")
@@ -30,6 +30,19 @@ def executed():
         )
         client.execute()
     return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+def pngs(cell) -> list[bytes]:
+    return [
+        base64.b64decode(o.data["image/png"])
+        for o in cell.outputs
+        if "image/png" in o.get("data", {})
+    ]
+
+
+@pytest.fixture(scope="module")
+def executed():
+    return execute("06_generating.ipynb")
 
 
 def test_every_plot_cell_shows_a_png(executed):
@@ -60,3 +73,16 @@ def test_the_training_bar_is_a_jupyter_widget(executed):
     (training,) = [cell for cell in executed if "progress=True" in cell.source]
     kinds = [key for output in training.outputs for key in output.get("data", {})]
     assert "application/vnd.jupyter.widget-view+json" in kinds  # tqdm.auto's notebook bar
+
+
+def test_notebook_01_shows_every_figure_it_draws():
+    """Notebook 01 draws with ppvae's plots and with pyplot, one figure a cell, and in the
+    posterior-collapse cell three (a pyplot scatter, then two reconstruction grids in a loop,
+    shown by ``display``)."""
+    cells = [cell for cell in execute("01_vae_from_the_elbo.ipynb") if plot_cell(cell.source)]
+    assert cells
+    for cell in cells:
+        expected = 3 if "collapse.items()" in cell.source else 1
+        images = pngs(cell)
+        assert len(images) == expected, cell.source
+        assert all(image.startswith(PNG) for image in images), cell.source
