@@ -245,11 +245,15 @@ def _finish(run: RunConfig, data: Dataset, result: FitResult, out: Path | None) 
         return RunResult(result, None, files)
     model, guide = result.model, result.guide
     test = data.test.to(distributed.local_device(resolve_device(run.fit.device)))
-    metrics = None
-    if getattr(guide, "amortized", True):
+    metrics, idx = None, None
+    if not getattr(guide, "amortized", True) and hasattr(guide, "refined"):
+        # a per-datapoint guide has no parameters for the test rows: fit them, model fixed
+        guide = guide.refined(model, test, seed=run.fit.seed, plate=run.fit.plate)
+        idx = torch.arange(len(test), device=test.device)
+    if getattr(guide, "amortized", True) or idx is not None:
         with distributed.scoring_together():  # every rank its share of the test set
-            metrics = evaluate(model, guide, test, num_samples=run.eval_samples)
-        if run.missing_rate and out is not None:
+            metrics = evaluate(model, guide, test, num_samples=run.eval_samples, idx=idx)
+        if run.missing_rate and out is not None and idx is None:
             metrics["imputation_rmse"] = _imputation_rmse(run, model, guide, test)
         metrics = _mark_divergence(metrics, model, data, test, run.fit.plate)
         if out is not None:
