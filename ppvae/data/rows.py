@@ -71,7 +71,8 @@ class Rows:
     # --- what the pipeline reads of one tensor ---
     @property
     def tensors(self) -> list[Tensor]:
-        return [*self.args, *self.kwargs.values()]
+        """The tensors, positional ones first (those passed as None left out)."""
+        return [t for t in (*self.args, *self.kwargs.values()) if t is not None]
 
     @property
     def names(self) -> list[str]:
@@ -108,8 +109,14 @@ class Rows:
         return f"Rows(args={shapes}, kwargs={named})"
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> "Rows":
-        """A Rows with ``fn`` applied to every tensor."""
-        return Rows(tuple(fn(t) for t in self.args), {k: fn(v) for k, v in self.kwargs.items()})
+        """A Rows with ``fn`` applied to every tensor (an argument passed as None stays None)."""
+
+        def each(t):
+            return None if t is None else fn(t)
+
+        return Rows(
+            tuple(each(t) for t in self.args), {k: each(v) for k, v in self.kwargs.items()}
+        )
 
     def __getitem__(self, idx) -> "Rows":
         return self.map(lambda t: t[idx])
@@ -227,7 +234,7 @@ def signature_problem(fn: Callable, rows: Rows, optional: tuple[bool, ...] = ())
         return f"it cannot be called with this data ({err})"
     params = sig.parameters
     names = [*list(params)[: len(rows.args)], *rows.kwargs]
-    for name, maybe_none in zip(names, optional or (False,) * len(rows.tensors)):
+    for name, maybe_none in zip(names, optional or (False,) * len(names), strict=False):
         if maybe_none and name in params and params[name].default is inspect.Parameter.empty:
             return (
                 f"'{name}' has rows that are all NaN (not observed), but the signature has no "

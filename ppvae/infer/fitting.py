@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ppvae import distributed
 from ppvae.config import ConfigError
 from ppvae.data import Dataset, Rows, validate_data
-from ppvae.errors import OutputError
+from ppvae.errors import ModelGuideError, OutputError
 from ppvae.infer import checkpoint as ckpt
 from ppvae.infer.loop import (
     HISTORY_COLUMNS,
@@ -34,6 +34,7 @@ from ppvae.infer.resume import restore, state
 from ppvae.infer.settings import FitConfig, FitResult, resolve_device
 from ppvae.outputs import OutputLock
 from ppvae.pairs import (
+    SUBSAMPLED,
     batched,
     data_frame,
     param_tensors,
@@ -41,6 +42,7 @@ from ppvae.pairs import (
     probe,
     run_pair,
     sample_sites,
+    self_subsampled,
 )
 from ppvae.pairs.checker import check
 
@@ -128,6 +130,7 @@ def training_step(
     nesting = max(1, structure.max_plate_nesting)
     tensors = param_tensors(*traces)
     step = Step(*calls, {k: v for k, v in tensors.items() if v.requires_grad}, config, nesting)
+    step.subsampled = self_subsampled(traces[0], config.plate)  # Pyro's subsample_size
     # every rank starts from rank 0's values, the frozen ones and module buffers included
     distributed.broadcast_state(list(tensors.values()), (model, guide))
     return step
@@ -269,6 +272,9 @@ def _fit(
     train, test, dynamic = _inputs(data, model)
     train, test = train.to(device), None if test is None else test.to(device)
     step = training_step(model, guide, train, config, dynamic=dynamic)
+    if test is not None and step.subsampled is not None:
+        what = "the test ELBO of every epoch"
+        raise ModelGuideError(SUBSAMPLED.format(b=step.subsampled, plate=config.plate, what=what))
     _same_on_every_rank(test, "test data")
     n, b = train.shape[0], min(config.batch_size, train.shape[0])
     pyro.set_rng_seed(config.seed + distributed.ranks().rank)  # each rank its own draws
