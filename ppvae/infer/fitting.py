@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ppvae import distributed
 from ppvae.config import ConfigError
-from ppvae.data import Dataset, Rows, validate_data
+from ppvae.data import Dataset, Rows, as_rows, validate_data
 from ppvae.errors import ModelGuideError, OutputError
 from ppvae.infer import checkpoint as ckpt
 from ppvae.infer.groups import check_supported, grouped_loss, layout_for
@@ -110,7 +110,7 @@ def training_step(
     """
     device = distributed.local_device(resolve_device(config.device))
     calls = batched(model, config.plate), batched(guide, config.plate)
-    train = train.to(device)
+    train = as_rows(train, "training data").to(device)  # a tuple or dict: several tensors
     _same_on_every_rank(train, "training data")
     layout = layout_for(train, config.batch_size)  # None unless some arguments are unobserved
     check_supported(layout, config, distributed.ranks().world)
