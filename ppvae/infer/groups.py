@@ -89,7 +89,20 @@ def stratified_batches(layout: Layout, n: int, b: int, g: torch.Generator) -> to
 
 
 class OutsidePlateScale(Messenger):
-    """Weight ``factor`` for every sample site outside the plate ``plate`` (global latents)."""
+    """Weight ``factor`` for every sample site outside the plate ``plate`` (global latents).
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist
+    >>> from pyro import poutine
+    >>> def model():
+    ...     pyro.sample("w", dist.Normal(0.0, 1.0))
+    ...     with pyro.plate("data", 3):
+    ...         pyro.sample("x", dist.Normal(0.0, 1.0))
+    >>> trace = poutine.trace(OutsidePlateScale("data", 0.5)(model)).get_trace()
+    >>> trace.nodes["w"]["scale"], trace.nodes["x"]["scale"]
+    (0.5, 1.0)
+    """
 
     def __init__(self, plate: str, factor: float):
         super().__init__()
