@@ -121,3 +121,15 @@ def test_an_argument_the_signature_cannot_take_is_one_line():
     x, y = _data()
     with pytest.raises(ModelGuideError, match="model's signature does not fit the data: .*'z'"):
         check(model, guide, {"x": x, "z": y})
+
+
+def test_dynamic_binarization_redraws_only_the_first_tensor():
+    from ppvae.data import binarize_sample
+    from ppvae.infer.loop import epoch_batches
+
+    x, y = torch.rand(12, 3), torch.randn(12)
+    rows = Rows((x, y))
+    binarized, _ = epoch_batches(rows, True, CONFIG, 0)
+    g = torch.Generator().manual_seed(CONFIG.seed * 1_000_003)
+    assert torch.equal(binarized.args[0], binarize_sample(x, g))
+    assert binarized.args[1] is y
