@@ -51,7 +51,8 @@ def gmm_forgot_n(X, w, m, c):
 
 def gmm_old_means(X, w, m, c):
     w_new, m_new, _ = S.gmm_em_step(X, w, m, c)
-    r = torch.softmax(w.log() + torch.distributions.MultivariateNormal(m, c).log_prob(X[:, None]), 1)
+    log_joint = w.log() + torch.distributions.MultivariateNormal(m, c).log_prob(X[:, None])
+    r = torch.softmax(log_joint, 1)
     Xc = X[:, None] - m
     return w_new, m_new, torch.einsum("nk,nki,nkj->kij", r, Xc, Xc) / r.sum(0)[:, None, None]
 
@@ -223,13 +224,17 @@ MISTAKES = [
     ("gaussian_sigma_log_likelihood", gauss_sigma_missing_half, "twice the exact value"),
     ("bernoulli_log_likelihood", bernoulli_sign, "has the wrong sign"),
     ("bernoulli_log_likelihood", bernoulli_one_term, "leaves out the (1 - x) log(1 - p)"),
-    ("kl_diagonal", kl_log_sigma, "your KL uses log sigma where log sigma^2 belongs at sigma = 0.5"),
-    ("kl_diagonal", kl_missing_half, "your KL is off by a factor of 2 (a missing 1/2?) at sigma = 0.5"),
+    ("kl_diagonal", kl_log_sigma, "KL uses log sigma where log sigma^2 belongs at sigma = 0.5"),
+    ("kl_diagonal", kl_missing_half, "KL is off by a factor of 2 (a missing 1/2?) at sigma = 0.5"),
     ("kl_diagonal", kl_sign, "your KL has the wrong sign at sigma = 0.5"),
     ("kl_full", kl_full_reversed, "the reverse direction"),
     ("kl_full", kl_full_missing_half, "off by a factor of 2"),
     ("reparameterized_sample", sample_detached, "detached from mu and sigma"),
-    ("reparameterized_sample", sample_unit_variance, "right mean but variance 1 instead of sigma^2"),
+    (
+        "reparameterized_sample",
+        sample_unit_variance,
+        "right mean but variance 1 instead of sigma^2",
+    ),
     ("reparameterized_sample", sample_variance_scale, "variance sigma^4"),
     ("gaussian_vae_elbo", elbo_sum, "a sum in place of a mean"),
     ("gaussian_vae_elbo", elbo_sign, "has the wrong sign"),
@@ -246,7 +251,7 @@ MISTAKES = [
     ("ppca_em_step", ppca_step_forgot_d, "divide by N d, not N"),
     ("ppca_em_step", ppca_step_no_posterior_cov, "leaves the posterior covariance"),
     ("ppca_em_step_missing", missing_divides_by_nd, "not by the number of observed entries"),
-    ("ppca_em_step_missing", missing_zero_filled, "your W is wrong with 20% of the entries missing"),
+    ("ppca_em_step_missing", missing_zero_filled, "W is wrong with 20% of the entries missing"),
     ("importance_sampled_log_px", is_forgot_log_k, "is log K too high"),
     ("importance_sampled_log_px", is_mean_log_weights, "averages the log weights"),
     ("ppca_elbo", identity_no_trace, "leaves out tr(W^T W q_cov)"),
