@@ -273,3 +273,15 @@ def test_planted_mistake_is_caught_with_its_message(name, wrong, words):
 
 def test_every_checker_has_a_planted_mistake():
     assert {name for name, _, _ in MISTAKES} == set(CHECKERS)
+
+
+def test_beats_ppca_against_the_closed_form():
+    from ppvae.baselines import ppca_log_prob, ppca_mle
+    from ppvae.exercises import check_beats_ppca
+
+    X = torch.randn(200, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ppca = ppca_log_prob(X[100:], *ppca_mle(X[:100], 2)).mean().item()
+    assert check_beats_ppca(ppca + 0.01, X[:100], X[100:], 2).ok
+    below = check_beats_ppca(ppca - 0.01, X[:100], X[100:], 2)
+    assert not below and f"PPCA's (q = 2), {ppca:.2f} nats" in below.message
+    assert "should be a number" in check_beats_ppca(..., X[:100], X[100:], 2).message

@@ -29,7 +29,11 @@ from ppvae.exercises.estimators import (
     check_reparameterized_sample,
     check_score_function_gradient,
 )
-from ppvae.exercises.marginals import check_importance_sampled_log_px, check_ppca_elbo_identity
+from ppvae.exercises.marginals import (
+    check_beats_ppca,
+    check_importance_sampled_log_px,
+    check_ppca_elbo_identity,
+)
 from ppvae.exercises.verdict import Verdict
 
 CHECKERS = {
@@ -52,4 +56,10 @@ CHECKERS = {
 }
 """Each checker under the name of the solution it checks (``solutions.<name>``)."""
 
-__all__ = ["CHECKERS", "Verdict", "solutions", *sorted(c.__name__ for c in CHECKERS.values())]
+__all__ = [
+    "CHECKERS",
+    "Verdict",
+    "check_beats_ppca",
+    "solutions",
+    *sorted(c.__name__ for c in CHECKERS.values()),
+]

@@ -10,8 +10,16 @@ import torch
 from torch import Tensor
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
-from ppvae.baselines import PPCAParams, ppca_log_prob, ppca_posterior
-from ppvae.exercises.verdict import Verdict, call, compare, compare_estimates, judge, seeded
+from ppvae.baselines import PPCAParams, ppca_log_prob, ppca_mle, ppca_posterior
+from ppvae.exercises.verdict import (
+    Verdict,
+    Wrong,
+    call,
+    compare,
+    compare_estimates,
+    judge,
+    seeded,
+)
 
 F64 = torch.float64
 
@@ -147,5 +155,35 @@ def check_ppca_elbo_identity(student: Callable, *, seed: int | None = None) -> V
                 mistakes,
             )
         return "correct: log p(x) - ELBO = KL(q || p(z | x))"
+
+    return judge(check)
+
+
+def check_beats_ppca(vae_log_px, train: Tensor, test: Tensor, q: int) -> Verdict:
+    """Check that a trained VAE's mean test log p(x) (a float, nats per example) beats
+    probabilistic PCA with ``q`` latent dimensions, fitted in closed form on ``train`` (N, D)
+    and scored exactly on ``test`` (M, D).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ppvae.exercises import check_beats_ppca
+    >>> X = torch.randn(200, 4, generator=torch.Generator().manual_seed(0))
+    >>> check_beats_ppca(-100.0, X[:100], X[100:], 2)  # doctest: +ELLIPSIS
+    your VAE's test log p(x), -100.00 nats, is below PPCA's (q = 2), -6.0... nats
+    """
+
+    def check() -> str:
+        ppca = ppca_log_prob(test, *ppca_mle(train, q)).mean().item()
+        try:
+            got = float(vae_log_px)
+        except (TypeError, ValueError):
+            raise Wrong(
+                f"your VAE's test log p(x) should be a number, not {vae_log_px!r}"
+            ) from None
+        if not math.isfinite(got) or got <= ppca:
+            below = f"is below PPCA's (q = {q}), {ppca:.2f} nats"
+            raise Wrong(f"your VAE's test log p(x), {got:.2f} nats, {below}")
+        return f"correct: the VAE beats PPCA (q = {q}) on the test set"
 
     return judge(check)
