@@ -140,53 +140,48 @@ def check_gaussian_vae_elbo(student: Callable, *, seed: int | None = None) -> Ve
     def decoder(z: Tensor) -> Tensor:
         return z @ W.T + b
 
-    def run() -> Tensor:
+    def value() -> Tensor:
         loc, scale = _leaf(z_loc), _leaf(z_scale)
-        value = call(student, x.clone(), decoder, loc, scale, sigma, name="ELBO")
-        value = value if isinstance(value, Tensor) else torch.as_tensor(value)
-        if value.grad_fn is None:
+        out = call(student, x.clone(), decoder, loc, scale, sigma, name="ELBO")
+        if not isinstance(out, Tensor) or out.grad_fn is None:
             raise Wrong("your ELBO has no grad_fn: it does not depend on z_loc and z_scale")
-        grads = torch.autograd.grad(value.sum(), (loc, scale), allow_unused=True)
-        grads = [torch.zeros_like(z_loc) if g is None else g for g in grads]
-        return torch.cat(
-            [as_tensor(value, torch.empty(()), "ELBO")[None], *map(torch.flatten, grads)]
+        return as_tensor(out, torch.empty(()), "ELBO")
+
+    def row_gradients(R: int = 1000) -> Tensor:
+        """Per-row gradients of one call on the batch repeated R times: as the ELBO is the
+        batch mean, R * B times the gradient of row n is that row's one-draw gradient."""
+        loc, scale = _leaf(z_loc.repeat(R, 1)), _leaf(z_scale.repeat(R, 1))
+        out = call(student, x.repeat(R, 1), decoder, loc, scale, sigma, name="ELBO")
+        grads = torch.autograd.grad(out, (loc, scale), allow_unused=True)
+        grads = [torch.zeros_like(loc) if g is None else g * (R * B) for g in grads]
+        return torch.cat(grads, 1).reshape(R, B, -1)
+
+    def exact_gradient(term: int) -> Tensor:
+        loc, scale = _leaf(z_loc), _leaf(z_scale)
+        grads = torch.autograd.grad(
+            _exact_elbo_terms(x, W, b, loc, scale, sigma)[term].sum(), (loc, scale)
         )
+        return torch.cat(grads, 1)
 
     def check() -> str:
-        runs = _repeat(run, 100, seed)
+        runs = _repeat(value, 100, seed)
         rec, kl = _exact_elbo_terms(x, W, b, z_loc, z_scale, sigma)
+        elbo = (rec - kl).mean()
+        summed = f"sums over the batch of B = {B} instead of averaging (a sum in place of a mean)"
         mistakes = [
-            (
-                f"sums over the batch of B = {B} instead of averaging (a sum in place of a mean)",
-                B * (rec - kl).mean(),
-            ),
+            (summed, B * elbo),
             ("adds the KL instead of subtracting it", (rec + kl).mean()),
-            (
-                "uses log sigma where log sigma^2 belongs",
-                (rec - kl).mean() + D * math.log(sigma) / 2,
-            ),
+            ("uses log sigma where log sigma^2 belongs", elbo + D * math.log(sigma) / 2),
         ]
         where = f" at sigma = {sigma}"
-        compare_estimates(runs[:, 0], (rec - kl).mean(), "ELBO", where, mistakes)
-        loc, scale = _leaf(z_loc), _leaf(z_scale)
-        exact = torch.autograd.grad(
-            _exact_elbo_terms(x, W, b, loc, scale, sigma)[0].mean(), (loc, scale)
-        )
-        kl_only = torch.autograd.grad(
-            -_exact_elbo_terms(x, W, b, loc, scale, sigma)[1].mean(), (loc, scale)
-        )
-        kl_grad = torch.cat([g.flatten() for g in kl_only])
+        compare_estimates(runs, elbo, "ELBO", where, mistakes)
+        kl_grad = -exact_gradient(1)
         detached = (
-            "ignores the reconstruction term: your sample z is detached from z_loc and z_scale",
-            kl_grad,
+            "ignores the reconstruction term: your sample z is detached from z_loc and z_scale"
         )
-        compare_estimates(
-            runs[:, 1:],
-            torch.cat([g.flatten() for g in exact]) + kl_grad,
-            "ELBO's gradient",
-            where,
-            [detached],
-        )
+        grads = _repeat(row_gradients, 1, seed)[0]
+        exact = exact_gradient(0) + kl_grad
+        compare_estimates(grads, exact, "ELBO's gradient", where, [(detached, kl_grad)])
         return "correct: the one-sample ELBO of a Gaussian VAE"
 
     return judge(check)
