@@ -69,7 +69,7 @@ def call(student: Callable, *args, name: str):
     """The student's function applied to ``args``; an exception becomes a verdict."""
     try:
         return student(*args)
-    except Exception as error:  # noqa: BLE001 - any student error is a verdict, not a crash
+    except Exception as error:  # any error in a student's code is a verdict, not a crash
         raise Wrong(f"your {name} raised {type(error).__name__}: {error}") from None
 
 
