@@ -285,3 +285,13 @@ def test_beats_ppca_against_the_closed_form():
     below = check_beats_ppca(ppca - 0.01, X[:100], X[100:], 2)
     assert not below and f"PPCA's (q = 2), {ppca:.2f} nats" in below.message
     assert "should be a number" in check_beats_ppca(..., X[:100], X[100:], 2).message
+
+
+@pytest.mark.parametrize("name", sorted(CHECKERS))
+def test_an_unanswered_exercise_says_nothing_was_computed(name):
+    def unanswered(*args):
+        return ...
+
+    verdict = CHECKERS[name](unanswered)
+    assert not verdict
+    assert "returned Ellipsis: nothing was computed" in verdict.message, verdict

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, MultivariateNormal, Normal, kl_divergence
 
-from ppvae.exercises.verdict import Verdict, call, compare, judge, seeded
+from ppvae.exercises.verdict import Verdict, call, compare, judge, seeded, unpack
 
 SIGMAS = (0.5, 2.0)
 """The noise scales a checker tries (away from 1, where log sigma = log sigma^2 = 0)."""
@@ -42,7 +42,8 @@ def check_gaussian_mle(student: Callable, *, seed: int | None = None) -> Verdict
     N = X.shape[0]
 
     def check() -> str:
-        mu, Sigma = call(student, X.clone(), name="gaussian_mle")
+        got = call(student, X.clone(), name="Gaussian MLE")
+        mu, Sigma = unpack(got, ("mu", "Sigma"), "Gaussian MLE")
         compare(mu, X.mean(0), "mean", " on 50 rows")
         exact = torch.cov(X.T, correction=0)
         mistakes = [

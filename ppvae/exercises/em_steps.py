@@ -12,7 +12,7 @@ from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
 from ppvae.baselines import PPCAParams, ppca_em, ppca_em_missing, ppca_sample
-from ppvae.exercises.verdict import Verdict, Wrong, call, compare, judge, seeded
+from ppvae.exercises.verdict import Verdict, call, compare, judge, seeded, unpack
 
 F64 = torch.float64
 
@@ -63,8 +63,7 @@ def check_gmm_em_step(student: Callable, *, seed: int | None = None) -> Verdict:
         got = call(
             student, X.clone(), weights.clone(), means.clone(), covs.clone(), name="EM step"
         )
-        if not isinstance(got, tuple | list) or len(got) != 3:
-            raise Wrong("your EM step should return a tuple (weights, means, covs)")
+        got = unpack(got, ("weights", "means", "covs"), "EM step")
         w, m, S = _sklearn_step(X, weights, means, covs)
         r = torch.softmax(
             weights.log()
@@ -125,8 +124,7 @@ def check_ppca_em_step(student: Callable, *, seed: int | None = None) -> Verdict
 
     def check() -> str:
         got = call(student, X.clone(), W.clone(), sigma2.clone(), name="EM step")
-        if not isinstance(got, tuple | list) or len(got) != 2:
-            raise Wrong("your EM step should return a tuple (W, sigma2)")
+        got = unpack(got, ("W", "sigma2"), "EM step")
         init = PPCAParams(W, X.mean(0), sigma2)
         exact = ppca_em(X, W.shape[1], max_iter=1, tol=float("-inf"), init=init).params
         W_bad, sigma2_bad = _without_posterior_cov(X, W, sigma2)
@@ -163,8 +161,7 @@ def check_ppca_em_step_missing(student: Callable, *, seed: int | None = None) ->
 
     def check() -> str:
         got = call(student, X.clone(), W.clone(), mu.clone(), sigma2.clone(), name="EM step")
-        if not isinstance(got, tuple | list) or len(got) != 3:
-            raise Wrong("your EM step should return a tuple (W, mu, sigma2)")
+        got = unpack(got, ("W", "mu", "sigma2"), "EM step")
         init = PPCAParams(W, mu, sigma2)
         exact = ppca_em_missing(X, W.shape[1], max_iter=1, tol=float("-inf"), init=init).params
         where = " with 20% of the entries missing"

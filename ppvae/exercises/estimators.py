@@ -58,7 +58,9 @@ def check_reparameterized_sample(student: Callable, *, seed: int | None = None) 
 
     def check() -> str:
         m, s = _leaf(mu), _leaf(sigma)
-        z = _repeat(lambda: call(student, m, s, n, name="sample"), 1, seed)[0]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0 if seed is None else seed)
+            z = call(student, m, s, n, name="sample")
         as_tensor(z, torch.empty(n, 3), "sample")
         if z.grad_fn is None:
             raise Wrong(
@@ -143,9 +145,10 @@ def check_gaussian_vae_elbo(student: Callable, *, seed: int | None = None) -> Ve
     def value() -> Tensor:
         loc, scale = _leaf(z_loc), _leaf(z_scale)
         out = call(student, x.clone(), decoder, loc, scale, sigma, name="ELBO")
+        got = as_tensor(out, torch.empty(()), "ELBO")
         if not isinstance(out, Tensor) or out.grad_fn is None:
             raise Wrong("your ELBO has no grad_fn: it does not depend on z_loc and z_scale")
-        return as_tensor(out, torch.empty(()), "ELBO")
+        return got
 
     def row_gradients(R: int = 1000) -> Tensor:
         """Per-row gradients of one call on the batch repeated R times: as the ELBO is the
@@ -218,6 +221,7 @@ def _gradient_runs(student, f, loc, scale, n, R, seed, name) -> Tensor:
     def run() -> Tensor:
         l, s = _leaf(loc), _leaf(scale)
         out = call(student, f, l, s, n, name=name)
+        as_tensor(out, torch.empty(()), name)
         if not isinstance(out, Tensor) or out.grad_fn is None:
             raise Wrong(
                 f"your {name} has no grad_fn: the sample is detached from loc and scale"

@@ -73,6 +73,15 @@ def call(student: Callable, *args, name: str):
         raise Wrong(f"your {name} raised {type(error).__name__}: {error}") from None
 
 
+def unpack(value, names: tuple[str, ...], name: str) -> tuple:
+    """``value`` as a tuple of ``len(names)`` parts, or :class:`Wrong` saying what came back."""
+    if value is None or value is Ellipsis:
+        raise Wrong(f"your {name} returned {value!r}: nothing was computed")
+    if not isinstance(value, tuple | list) or len(value) != len(names):
+        raise Wrong(f"your {name} should return a tuple ({', '.join(names)})")
+    return tuple(value)
+
+
 def as_tensor(value, like: Tensor, name: str) -> Tensor:
     """``value`` as a float64 tensor of ``like``'s shape, or :class:`Wrong` saying why not."""
     if value is None or value is Ellipsis:
