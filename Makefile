@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PINS := torch==2.14.1 torchvision==0.29.1
 DEMO := runs/demo
 
-.PHONY: install demo test notebooks lint clean
+.PHONY: install demo test notebooks lint clean assignment
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ test: install lint
 notebooks: install
 	env -u CI -u PPVAE_SMOKE $(BIN)/python -m pytest -q $(wildcard notebooks/*.ipynb) \
 		--nbmake --nbmake-timeout=3600
+
+# the coursework (notebooks/assignments/, otter-assign format): the student notebook (solutions
+# and hidden tests stripped) and the autograder zip; grade a submission with
+# `$(BIN)/otter run -a $(ASSIGNMENT_OUT)/autograder/*.zip SUBMISSION.ipynb`
+ASSIGNMENT := notebooks/assignments/vae_em_assignment.ipynb
+ASSIGNMENT_OUT := build/assignment
+assignment: install
+	rm -rf $(ASSIGNMENT_OUT)
+	$(BIN)/otter assign $(ASSIGNMENT) $(ASSIGNMENT_OUT)
+	@echo "student notebook: $(ASSIGNMENT_OUT)/student/; autograder: $(ASSIGNMENT_OUT)/autograder/"
 
 lint: install
 	$(BIN)/ruff check .

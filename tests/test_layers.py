@@ -31,6 +31,7 @@ LAYERS = [
     ),
     ("data", ["ppvae.data"]),
     ("baselines", ["ppvae.baselines"]),
+    ("exercises", ["ppvae.exercises"]),
     ("pairs", ["ppvae.pairs"]),
     ("evaluation", ["ppvae.evaluation"]),
     ("infer", ["ppvae.infer"]),
