@@ -21,6 +21,7 @@ from ppvae.config import ConfigError
 from ppvae.data import Dataset, validate_data
 from ppvae.errors import OutputError
 from ppvae.infer import checkpoint as ckpt
+from ppvae.infer.callbacks import Callback, CallbackList, TrainingStart
 from ppvae.infer.loop import (
     HISTORY_COLUMNS,
     DeferredInterrupt,
@@ -142,6 +143,7 @@ def fit(
     progress: bool | None = None,
     on_epoch: Callable[[pd.DataFrame], None] | None = None,
     run_info: dict[str, Any] | None = None,
+    callbacks: list[Callback] | CallbackList | None = None,
 ) -> FitResult:
     """Train ``model`` and ``guide`` by SVI on ``data``.
 
@@ -172,6 +174,11 @@ def fit(
         Plain values (JSON-able) stored in every checkpoint under ``run``: ``ppvae train``
         records its whole run config and data sizes, which ``load_run`` and ``--resume``
         check the run folder against.
+    callbacks : list of Callback, optional
+        Told of the start (with ``config`` and ``run_info``), each epoch's history row, each
+        checkpoint and the end (:mod:`ppvae.infer.callbacks`), on rank 0 alone; one that
+        raises is a warning line and is not called again. What they keep under
+        ``run_info["trackers"]`` goes into every checkpoint and comes back on resume.
 
     Returns
     -------
@@ -211,7 +218,11 @@ def fit(
         distributed.stopping_together(),  # one rank's error ends the ranks waiting for it
         holding(checkpoint, f"the checkpoint {path}", CHECKPOINT_HINT),
     ):
-        return _fit(model, guide, data, config, checkpoint, resume, progress, on_epoch, run_info)
+        hooks = CallbackList.of(callbacks if distributed.is_main() else None)
+        if hooks:  # (a copy: what the callbacks keep in it is the checkpoint's)
+            run_info = dict(run_info or {})
+        args = (checkpoint, resume, progress, on_epoch, run_info, hooks)
+        return _fit(model, guide, data, config, *args)
 
 
 CHECKPOINT_HINT = "wait for it to finish, or give this fit another checkpoint path"
@@ -256,7 +267,7 @@ def holding(target: str | os.PathLike | None, what: str, hint: str = ""):
 
 
 def _fit(
-    model, guide, data, config, checkpoint, resume, progress, on_epoch, run_info
+    model, guide, data, config, checkpoint, resume, progress, on_epoch, run_info, hooks
 ) -> FitResult:
     distributed.warn_if_not_initialized()
     device = distributed.local_device(resolve_device(config.device))
@@ -271,7 +282,8 @@ def _fit(
     if resume:
         if checkpoint is None or not os.path.exists(checkpoint):
             raise ConfigError(f"nothing to resume: no checkpoint at {checkpoint}")
-        status = restore(checkpoint, model, guide, step, config, train)
+        status = restore(checkpoint, model, guide, step, config, train, run_info)
+    hooks.start(TrainingStart(config, run_info, _history(status), bool(resume)))
 
     def save() -> bool:
         """Write the checkpoint (rank 0); gathering the ranks' random states is collective."""
@@ -281,6 +293,7 @@ def _fit(
         snapshot = state(status, model, guide, step, config, run_info)
         if checkpoint is not None and rank == 0:
             ckpt.save(checkpoint, snapshot)
+            hooks.checkpoint(checkpoint)
         return checkpoint is not None
 
     steps = n // b
@@ -308,10 +321,22 @@ def _fit(
             save,
             interrupt,
             bar,
-            on_epoch,
+            _both(on_epoch, hooks.epoch if hooks else None),
         )
         loop.saved_epoch = status.epoch if resume else None
         loop.checkpointing = checkpoint is not None
         stopped = loop.run()
-    history = pd.DataFrame(status.rows, columns=HISTORY_COLUMNS)
-    return FitResult(history, model, guide, config, interrupted=stopped)
+    result = FitResult(_history(status), model, guide, config, interrupted=stopped)
+    hooks.end(result)
+    return result
+
+
+def _history(status: Progress) -> pd.DataFrame:
+    return pd.DataFrame(status.rows, columns=HISTORY_COLUMNS)
+
+
+def _both(first, then):
+    """``on_epoch`` and the callbacks' epoch hook, as one (None when neither is given)."""
+    if first is None or then is None:
+        return first or then
+    return lambda history: (first(history), then(history))
