@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from ppvae.config import ConfigError, dotted
-from ppvae.infer.callbacks import TRACKED, Callback, TrainingStart
+from ppvae.experiments.rows import INTERRUPTED, KEPT
+from ppvae.infer.callbacks import TRACKED, Callback, CallbackList, TrainingStart
 from ppvae.outputs import is_lock_file
 
 FINAL = "final/"
@@ -58,9 +59,8 @@ def params(start: TrainingStart) -> dict[str, str | float | int | bool]:
 
 def numbers(row: dict) -> dict[str, float]:
     """The numeric entries of a row as floats (NaN kept)."""
-    return {
-        k: float(v) for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)
-    }
+    kept = {k: v for k, v in row.items() if not isinstance(v, bool)}
+    return {k: float(v) for k, v in kept.items() if isinstance(v, int | float)}
 
 
 def final_metrics(out: Path | None) -> dict[str, float]:
@@ -156,9 +156,9 @@ class TensorBoardTracker(Callback):
         )
 
     def log_row(self, name: str, values: dict, row: dict, files: list[Path]) -> None:
-        """One table row as its own run, ``root / name``: ``values`` as hparams, the row's
-        numbers as scalars at step 0 (``files`` are left to the table's folder)."""
-        self._open(unused(self.root / name))
+        """One table row as its own run, ``root / run_name / name``: ``values`` as hparams,
+        the row's numbers as scalars at step 0 (``files`` are left to the table's folder)."""
+        self._open(unused(self.root / self.run_name / name))
         metrics = numbers(row)
         self._hparams({**values, "method": name}, list(metrics))
         self._scalars(metrics, 0)
@@ -264,3 +264,48 @@ class MLflowTracker(Callback):
         for path in files:
             self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, "FINISHED")
+
+
+def from_flags(
+    tensorboard: str | None, mlflow: str | None, out: Path, name: str, experiment: str
+) -> list[Callback]:
+    """The trackers the CLI's ``--tensorboard DIR`` and ``--mlflow [URI]`` ask for (``""``:
+    the default store beside ``out``, see :func:`default_mlflow_uri`), made before any work so
+    that a missing extra is one line. ``name`` names the run (a table's rows go under it)."""
+    trackers: list[Callback] = []
+    if tensorboard is not None:
+        trackers.append(TensorBoardTracker(tensorboard, name))
+    if mlflow is not None:
+        runs = Path(out).absolute().parent
+        uri = mlflow or default_mlflow_uri(runs)
+        where = None if mlflow else runs / "mlartifacts"
+        trackers.append(MLflowTracker(uri, experiment, name, where))
+    return trackers
+
+
+class TableRows:
+    """Log each row of a comparison table to ``trackers`` once, as its own tracked run
+    (``log_row``), with ``config`` as params; the rows ``done`` kept from an earlier table
+    were logged by the run that fitted them, and an interrupted row is left to ``--resume``.
+
+    Examples
+    --------
+    >>> from ppvae.experiments.compare import CompareConfig
+    >>> from ppvae.experiments.trackers import TableRows
+    >>> TableRows([], CompareConfig()).values["z_dim"]
+    10
+    """
+
+    def __init__(self, trackers: list[Callback], config, done: pd.DataFrame | None = None):
+        self.hooks = CallbackList(trackers)
+        self.values = {k: plain(v) for k, v in dotted(config.to_dict()).items()}
+        kept = set() if done is None else set(done.method[done.status.isin(KEPT)])
+        self.logged: set[str] = kept
+
+    def __call__(self, frame: pd.DataFrame, files: list[Path]) -> None:
+        for row in frame.to_dict("records"):
+            name = row["method"]
+            if name in self.logged or row.get("status") == INTERRUPTED:
+                continue
+            self.logged.add(name)
+            self.hooks.call("log_row", name, self.values, row, [Path(f) for f in files])
