@@ -22,6 +22,8 @@ from ppvae.experiments.run_config import RunConfig  # noqa: E402
 from ppvae.experiments.trackers import default_mlflow_uri  # noqa: E402
 from ppvae.infer.callbacks import Callback, CallbackWarning  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader")  # (in mlflow)
+
 SMALL = ["--hidden", "16", "--eval-samples", "20", "--device", "cpu"]
 
 
@@ -42,7 +44,8 @@ def history_points(history: pd.DataFrame, column: str) -> list[tuple[int, float]
 def same_points(logged, expected, rel=1e-6) -> bool:
     """The same steps, and values equal to float32 precision (TensorBoard's scalars)."""
     return [s for s, _ in logged] == [s for s, _ in expected] and all(
-        v == pytest.approx(w, rel=rel, abs=1e-6) for (_, v), (_, w) in zip(logged, expected)
+        v == pytest.approx(w, rel=rel, abs=1e-6)
+        for (_, v), (_, w) in zip(logged, expected, strict=False)
     )
 
 
