@@ -97,7 +97,7 @@ class TensorBoardTracker(Callback):
     --------
     >>> import tempfile
     >>> from ppvae.experiments.trackers import TensorBoardTracker
-    >>> TensorBoardTracker(tempfile.mkdtemp(), "demo").run_name  # doctest: +SKIP
+    >>> TensorBoardTracker(tempfile.mkdtemp(), "demo").run_name  # writes when training starts
     'demo'
     """
 
@@ -182,7 +182,7 @@ class MLflowTracker(Callback):
     Examples
     --------
     >>> from ppvae.experiments.trackers import MLflowTracker
-    >>> MLflowTracker("sqlite:///runs/mlflow.db").experiment  # doctest: +SKIP
+    >>> MLflowTracker("sqlite:///runs/mlflow.db").experiment  # connects when training starts
     'ppvae'
     """
 
