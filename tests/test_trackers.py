@@ -191,3 +191,30 @@ def test_a_missing_extra_is_one_line_before_any_work(extra, tmp_path, monkeypatc
             == f"ppvae: error: --{extra} needs the {extra} package: pip install 'ppvae[{extra}]'\n"
         )
     assert not out.exists() and not (tmp_path / "tb").exists()
+
+
+def test_compare_logs_one_tracked_run_per_row_with_an_svi_rows_epochs(tracked, tmp_path):
+    uri = tracked[2]
+    out, tb = tmp_path / "compare", tmp_path / "tb"
+    args = ["compare", "--methods", "ppca", "vae", "--epochs", "2", "--z-dim", "2"]
+    args += ["--hidden", "16", "--eval-samples", "10", "--elbo-samples", "5"]
+    args += ["--train-size", "200", "--test-size", "50", "--device", "cpu", "--out", str(out)]
+    assert main([*args, "--tensorboard", str(tb), "--mlflow", uri]) == 0
+    table = pd.read_csv(out / "compare.csv").set_index("method")
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("ppvae compare").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["ppca", "vae"]
+    for run in runs:
+        name = run.info.run_name
+        assert run.data.metrics["log_px"] == pytest.approx(table.log_px[name], rel=1e-12)
+        assert run.data.params["method"] == name and run.data.params["z_dim"] == "2"
+        assert run.data.tags["status"] == table.status[name]
+        artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id))
+        assert artifacts == ["compare.csv", "compare.json", "compare.md"]
+        acc = events(tb / "compare" / name)
+        assert scalars(acc, "log_px") == [(0, pytest.approx(table.log_px[name], rel=1e-6))]
+    vae = next(r for r in runs if r.info.run_name == "vae")
+    epochs = client.get_metric_history(vae.info.run_id, "test_elbo")  # the row's fit, per epoch
+    assert sorted(m.step for m in epochs) == [1, 2]
+    assert [s for s, _ in scalars(events(tb / "compare" / "vae"), "test_elbo")] == [1, 2]
+    assert "test_elbo" not in events(tb / "compare" / "ppca").Tags()["scalars"]  # no SVI

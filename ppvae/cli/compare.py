@@ -5,9 +5,9 @@ from ppvae.config import ConfigError
 from ppvae.data import DATASETS
 from ppvae.errors import OutputError, PPVAEError, first_line
 from ppvae.experiments.compare import CompareConfig, compare, to_markdown
-from ppvae.experiments.rows import prepare
+from ppvae.experiments.rows import prepare, row_callbacks
 from ppvae.experiments.table_files import caption, resume_table, table_paths, write
-from ppvae.experiments.trackers import TableRows
+from ppvae.experiments.tracked_rows import TableRows
 from ppvae.outputs import check_output_dir
 
 
@@ -32,7 +32,8 @@ def run(args, given: set[str]) -> int:
         rows(frame, write(frame, out, to_markdown(frame, title), args.stem, config))
 
     try:
-        frame = compare(config, split=split, done=done, on_row=save)
+        with row_callbacks([rows.epochs]):  # each SVI row's epochs go to its tracked run
+            frame = compare(config, split=split, done=done, on_row=save)
     except PPVAEError as err:
         raise type(err)(
             f"{first_line(err)} (the other rows are in {out / args.stem}.csv; "

@@ -12,7 +12,8 @@ where runs are compared in the tracker's own UI.
 
 Each keeps what names its tracked run (TensorBoard's log folder, MLflow's run id) in the run's
 checkpoints, so a resumed run goes on in the same tracked run, and no epoch is logged twice.
-``ppvae compare`` logs one tracked run per table row (:meth:`log_row`).
+``ppvae compare`` logs one tracked run per table row (``log_row``, driven by
+:class:`ppvae.experiments.tracked_rows.TableRows`).
 """
 
 import importlib
@@ -24,8 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from ppvae.config import ConfigError, dotted
-from ppvae.experiments.rows import INTERRUPTED, KEPT
-from ppvae.infer.callbacks import TRACKED, Callback, CallbackList, TrainingStart
+from ppvae.infer.callbacks import TRACKED, Callback, TrainingStart
 from ppvae.outputs import is_lock_file
 
 FINAL = "final/"
@@ -155,13 +155,16 @@ class TensorBoardTracker(Callback):
             f"pictures/{png.stem}", matplotlib.image.imread(png), step, dataformats="HWC"
         )
 
-    def log_row(self, name: str, values: dict, row: dict, files: list[Path]) -> None:
+    def log_row(self, name: str, values: dict, row: dict, files: list[Path], history=None):
         """One table row as its own run, ``root / run_name / name``: ``values`` as hparams,
-        the row's numbers as scalars at step 0 (``files`` are left to the table's folder)."""
+        the row's numbers as scalars at step 0, its fit's ``history`` (if any) per epoch
+        (``files`` are left to the table's folder)."""
         self._open(unused(self.root / self.run_name / name))
-        metrics = numbers(row)
-        self._hparams({**values, "method": name}, list(metrics))
+        metrics, epochs = numbers(row), [] if history is None else history.to_dict("records")
+        self._hparams({**values, "method": name}, [*metrics, *(epochs[0] if epochs else [])])
         self._scalars(metrics, 0)
+        for epoch in epochs:
+            self._scalars(numbers(epoch), int(epoch["epoch"]))
         self.writer.close()
 
 
@@ -254,13 +257,16 @@ class MLflowTracker(Callback):
             self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, "KILLED" if result.interrupted else "FINISHED")
 
-    def log_row(self, name: str, values: dict, row: dict, files: list[Path]) -> None:
+    def log_row(self, name: str, values: dict, row: dict, files: list[Path], history=None):
         """One table row as its own run named ``name``: ``values`` as params, the row's
-        numbers as metrics, its text columns as tags, ``files`` as artifacts."""
+        numbers as metrics, its fit's ``history`` (if any) per epoch, its text columns as
+        tags, ``files`` as artifacts."""
         tags = {k: str(v) for k, v in row.items() if isinstance(v, str)}
         self.run_name = name
         self.run_id = self._new_run({**values, "method": name}, tags)
         self._metrics(numbers(row), 0)
+        for epoch in [] if history is None else history.to_dict("records"):
+            self._metrics(numbers(epoch), int(epoch["epoch"]))
         for path in files:
             self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, "FINISHED")
@@ -281,31 +287,3 @@ def from_flags(
         where = None if mlflow else runs / "mlartifacts"
         trackers.append(MLflowTracker(uri, experiment, name, where))
     return trackers
-
-
-class TableRows:
-    """Log each row of a comparison table to ``trackers`` once, as its own tracked run
-    (``log_row``), with ``config`` as params; the rows ``done`` kept from an earlier table
-    were logged by the run that fitted them, and an interrupted row is left to ``--resume``.
-
-    Examples
-    --------
-    >>> from ppvae.experiments.compare import CompareConfig
-    >>> from ppvae.experiments.trackers import TableRows
-    >>> TableRows([], CompareConfig()).values["z_dim"]
-    10
-    """
-
-    def __init__(self, trackers: list[Callback], config, done: pd.DataFrame | None = None):
-        self.hooks = CallbackList(trackers)
-        self.values = {k: plain(v) for k, v in dotted(config.to_dict()).items()}
-        kept = set() if done is None else set(done.method[done.status.isin(KEPT)])
-        self.logged: set[str] = kept
-
-    def __call__(self, frame: pd.DataFrame, files: list[Path]) -> None:
-        for row in frame.to_dict("records"):
-            name = row["method"]
-            if name in self.logged or row.get("status") == INTERRUPTED:
-                continue
-            self.logged.add(name)
-            self.hooks.call("log_row", name, self.values, row, [Path(f) for f in files])
