@@ -13,7 +13,17 @@ from ppvae.infer.callbacks import Callback, CallbackList
 
 
 class Epochs(Callback):
-    """Keeps the history of the last fit, for :class:`TableRows` to log with its row."""
+    """Keeps the history of the last fit, for :class:`TableRows` to log with its row.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from ppvae.experiments.tracked_rows import Epochs
+    >>> epochs = Epochs()
+    >>> epochs.on_epoch_end({"epoch": 1}, pd.DataFrame({"epoch": [1]}))
+    >>> len(epochs.take()), epochs.take()  # taken once
+    (1, None)
+    """
 
     def __init__(self):
         self.history = None

@@ -63,6 +63,11 @@ def numbers(row: dict) -> dict[str, float]:
     return {k: float(v) for k, v in kept.items() if isinstance(v, int | float)}
 
 
+def finished(result, out: Path | None) -> Path | None:
+    """The run folder, once training completed (None after Ctrl-C: what it holds is old)."""
+    return None if result.interrupted else out
+
+
 def final_metrics(out: Path | None) -> dict[str, float]:
     """``metrics.csv``'s numeric columns of a run folder as ``final/<column>`` (empty if none)."""
     path = None if out is None else out / "metrics.csv"
@@ -142,7 +147,7 @@ class TensorBoardTracker(Callback):
         self.writer.flush()
 
     def on_train_end(self, result, out: Path | None = None) -> None:
-        step = len(result.history)
+        step, out = len(result.history), finished(result, out)
         self._scalars(final_metrics(out), step)
         for png in [] if out is None else sorted(out.glob("*.png")):
             self._image(png, step)
@@ -252,6 +257,7 @@ class MLflowTracker(Callback):
         self._metrics(numbers(row), int(row["epoch"]))
 
     def on_train_end(self, result, out: Path | None = None) -> None:
+        out = finished(result, out)
         self._metrics(final_metrics(out), len(result.history))
         for path in [] if out is None else outputs(out):
             self.client.log_artifact(self.run_id, str(path))
