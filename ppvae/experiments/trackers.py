@@ -19,6 +19,7 @@ checkpoints, so a resumed run goes on in the same tracked run, and no epoch is l
 import importlib
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -173,6 +174,12 @@ class TensorBoardTracker(Callback):
         self.writer.close()
 
 
+PATIENCE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+"""How long MLflow's client waits for a tracking server, unless the environment says: about 10
+seconds for one that does not answer (MLflow's own default retries for minutes, and training
+would wait that long before the tracker is switched off)."""
+
+
 def default_mlflow_uri(runs: Path) -> str:
     """``sqlite:///<runs>/mlflow.db``: a store in one file beside the runs, no server."""
     return f"sqlite:///{(Path(runs).absolute() / 'mlflow.db').as_posix()}"
@@ -210,6 +217,8 @@ class MLflowTracker(Callback):
     def _client(self):
         from mlflow.tracking import MlflowClient
 
+        for name, value in PATIENCE.items():
+            os.environ.setdefault(name, value)
         for name in ("mlflow", "alembic"):  # their INFO lines on making the SQLite tables
             logging.getLogger(name).setLevel(logging.WARNING)
         if self.uri.startswith("sqlite:///"):
