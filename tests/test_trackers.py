@@ -4,6 +4,7 @@ that fails costs a warning, not the run; a missing extra is one line."""
 
 import sys
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -193,8 +194,11 @@ def test_a_missing_extra_is_one_line_before_any_work(extra, tmp_path, monkeypatc
     assert not out.exists() and not (tmp_path / "tb").exists()
 
 
-def test_compare_logs_one_tracked_run_per_row_with_an_svi_rows_epochs(tracked, tmp_path):
+def test_compare_logs_one_tracked_run_per_row_with_an_svi_rows_epochs(
+    tracked, tmp_path, monkeypatch
+):
     uri = tracked[2]
+    monkeypatch.chdir(tmp_path)  # where MLflow would put artifacts of its own accord
     out, tb = tmp_path / "compare", tmp_path / "tb"
     args = ["compare", "--methods", "ppca", "vae", "--epochs", "2", "--z-dim", "2"]
     args += ["--hidden", "16", "--eval-samples", "10", "--elbo-samples", "5"]
@@ -218,3 +222,5 @@ def test_compare_logs_one_tracked_run_per_row_with_an_svi_rows_epochs(tracked, t
     assert sorted(m.step for m in epochs) == [1, 2]
     assert [s for s, _ in scalars(events(tb / "compare" / "vae"), "test_elbo")] == [1, 2]
     assert "test_elbo" not in events(tb / "compare" / "ppca").Tags()["scalars"]  # no SVI
+    store = Path(uri.removeprefix("sqlite:///")).parent  # the artifacts sit beside the store
+    assert not (tmp_path / "mlruns").exists() and (store / "mlartifacts").is_dir()

@@ -180,6 +180,9 @@ seconds for one that does not answer (MLflow's own default retries for minutes, 
 would wait that long before the tracker is switched off)."""
 
 
+SQLITE = "sqlite:///"
+
+
 def default_mlflow_uri(runs: Path) -> str:
     """``sqlite:///<runs>/mlflow.db``: a store in one file beside the runs, no server."""
     return f"sqlite:///{(Path(runs).absolute() / 'mlflow.db').as_posix()}"
@@ -187,7 +190,8 @@ def default_mlflow_uri(runs: Path) -> str:
 
 class MLflowTracker(Callback):
     """Log a run to MLflow at ``tracking_uri``, in the experiment ``experiment`` (made if it
-    does not exist, its artifacts in ``artifact_location`` when given).
+    does not exist, its artifacts in ``artifact_location``: by default, for a SQLite store,
+    ``mlartifacts`` beside its file; else where the store puts them).
 
     Params: the config by dotted name. Metrics: every history column, at step = epoch. At
     the end, ``metrics.csv`` as ``final/<column>`` and the run folder's files as artifacts;
@@ -212,6 +216,8 @@ class MLflowTracker(Callback):
     ):
         require("mlflow", "mlflow", "--mlflow")
         self.uri, self.experiment, self.run_name = tracking_uri, experiment, run_name
+        if artifact_location is None and tracking_uri.startswith(SQLITE):
+            artifact_location = Path(tracking_uri.removeprefix(SQLITE)).parent / "mlartifacts"
         self.artifact_location, self.client, self.run_id = artifact_location, None, None
 
     def _client(self):
@@ -221,8 +227,8 @@ class MLflowTracker(Callback):
             os.environ.setdefault(name, value)
         for name in ("mlflow", "alembic"):  # their INFO lines on making the SQLite tables
             logging.getLogger(name).setLevel(logging.WARNING)
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if self.uri.startswith(SQLITE):
+            Path(self.uri.removeprefix(SQLITE)).parent.mkdir(parents=True, exist_ok=True)
         self.client = self.client or MlflowClient(tracking_uri=self.uri)
         return self.client
 
@@ -231,7 +237,7 @@ class MLflowTracker(Callback):
 
         client = self._client()
         found = client.get_experiment_by_name(self.experiment)
-        where = None if self.artifact_location is None else Path(self.artifact_location).as_uri()
+        where = self.artifact_location and Path(self.artifact_location).absolute().as_uri()
         experiment = (
             found.experiment_id if found else client.create_experiment(self.experiment, where)
         )
@@ -297,8 +303,6 @@ def from_flags(
     if tensorboard is not None:
         trackers.append(TensorBoardTracker(tensorboard, name))
     if mlflow is not None:
-        runs = Path(out).absolute().parent
-        uri = mlflow or default_mlflow_uri(runs)
-        where = None if mlflow else runs / "mlartifacts"
-        trackers.append(MLflowTracker(uri, experiment, name, where))
+        uri = mlflow or default_mlflow_uri(Path(out).absolute().parent)
+        trackers.append(MLflowTracker(uri, experiment, name))
     return trackers
