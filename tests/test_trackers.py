@@ -22,6 +22,7 @@ from ppvae.experiments.run import train  # noqa: E402
 from ppvae.experiments.run_config import RunConfig  # noqa: E402
 from ppvae.experiments.trackers import default_mlflow_uri  # noqa: E402
 from ppvae.infer.callbacks import Callback, CallbackWarning  # noqa: E402
+from tests.conftest import steps_then_sigint  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader")  # (in mlflow)
 
@@ -224,3 +225,26 @@ def test_compare_logs_one_tracked_run_per_row_with_an_svi_rows_epochs(
     assert "test_elbo" not in events(tb / "compare" / "ppca").Tags()["scalars"]  # no SVI
     store = Path(uri.removeprefix("sqlite:///")).parent  # the artifacts sit beside the store
     assert not (tmp_path / "mlruns").exists() and (store / "mlartifacts").is_dir()
+
+
+def test_a_run_stopped_by_ctrl_c_and_resumed_is_one_tracked_run(tracked, tmp_path, monkeypatch):
+    uri = tracked[2]
+    out, tb = tmp_path / "stopped", tmp_path / "tb"
+    flags = ["--out", str(out), "--tensorboard", str(tb), "--mlflow", uri]
+    with monkeypatch.context() as m:
+        steps_then_sigint(m, after=30)  # in epoch 2 (22 steps an epoch)
+        assert main(["train", "--epochs", "2", *SMALL, *flags]) == 130
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("ppvae train").experiment_id
+    named = "attributes.run_name = 'stopped'"
+    assert client.search_runs([experiment], named)[0].info.status == "KILLED"
+    assert main(["train", "--resume", "--epochs", "3", *flags]) == 0
+    history = pd.read_csv(out / "history.csv")
+    runs = client.search_runs([experiment], named)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    acc = events(tb / "stopped")
+    for column in history.columns:
+        assert same_points(scalars(acc, column), history_points(history, column)), column
+        logged = [(m.step, m.value) for m in client.get_metric_history(run_id, column)]
+        assert same_points(sorted(logged), history_points(history, column), rel=1e-12), column
