@@ -257,8 +257,8 @@ class MLflowTracker(Callback):
 
     def on_train_start(self, start: TrainingStart) -> None:
         kept, rows = start.kept(self.NAME), start.history
-        if kept:
-            self.run_id = kept["run_id"]
+        if kept:  # the same run, in the store it is in
+            self.run_id, self.uri = kept["run_id"], kept.get("tracking_uri", self.uri)
             self._client().update_run(self.run_id, status="RUNNING")
             logged = [m.step for m in self.client.get_metric_history(self.run_id, "epoch")]
             rows = rows[rows.epoch > max(logged, default=0)]
