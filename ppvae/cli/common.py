@@ -213,3 +213,30 @@ def holding_out(command):
             return command(args, given)
 
     return held
+
+
+def add_tracking_args(p: argparse.ArgumentParser) -> None:
+    """``--tensorboard DIR`` and ``--mlflow [TRACKING_URI]`` (optional extras)."""
+    g = p.add_argument_group("tracking (optional extras: pip install 'ppvae[tensorboard]', ...)")
+    g.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="log the run for TensorBoard under DIR: every history column, the config as "
+        "hparams, the pictures (open with: tensorboard --logdir DIR)",
+    )
+    g.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        metavar="TRACKING_URI",
+        help="log the run to MLflow: the config as params, metrics per epoch, the outputs as "
+        "artifacts (default store: sqlite:///<the folder holding --out>/mlflow.db, no server)",
+    )
+
+
+def trackers(args, name: str, experiment: str) -> list:
+    """The trackers the flags ask for; one line naming the pip command if an extra is
+    missing, before any work."""
+    from ppvae.experiments.trackers import from_flags
+
+    return from_flags(args.tensorboard, args.mlflow, args.out, name, experiment)

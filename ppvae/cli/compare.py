@@ -1,12 +1,13 @@
 """``ppvae compare``: PPCA, its EM fits and VAEs on one dataset, scored on one table."""
 
-from ppvae.cli.common import holding_out
+from ppvae.cli.common import add_tracking_args, holding_out, trackers
 from ppvae.config import ConfigError
 from ppvae.data import DATASETS
 from ppvae.errors import OutputError, PPVAEError, first_line
 from ppvae.experiments.compare import CompareConfig, compare, to_markdown
-from ppvae.experiments.rows import prepare
+from ppvae.experiments.rows import prepare, row_callbacks
 from ppvae.experiments.table_files import caption, resume_table, table_paths, write
+from ppvae.experiments.tracked_rows import TableRows
 from ppvae.outputs import check_output_dir
 
 
@@ -21,15 +22,18 @@ def run(args, given: set[str]) -> int:
         methods=tuple(args.methods or ()),
     )  # fmt: skip
     out = check_output_dir(args.out)
+    tracked = trackers(args, args.stem, "ppvae compare")
     done = _done(args, config, out)
     split = prepare(config)
     title = caption(config, split)
+    rows = TableRows(tracked, config, done)  # one tracked run per row
 
     def save(frame) -> None:  # after every row: what was fitted is kept
-        write(frame, out, to_markdown(frame, title), args.stem, config)
+        rows(frame, write(frame, out, to_markdown(frame, title), args.stem, config))
 
     try:
-        frame = compare(config, split=split, done=done, on_row=save)
+        with row_callbacks([rows.epochs]):  # each SVI row's epochs go to its tracked run
+            frame = compare(config, split=split, done=done, on_row=save)
     except PPVAEError as err:
         raise type(err)(
             f"{first_line(err)} (the other rows are in {out / args.stem}.csv; "
@@ -107,4 +111,5 @@ def add(sub) -> None:
         help="keep the rows of <out>/<stem>.csv and fit only the missing, failed or "
         "interrupted ones (the settings must be those saved in <out>/<stem>.json)",
     )
+    add_tracking_args(p)
     p.set_defaults(func=holding_out(run), parser=p)

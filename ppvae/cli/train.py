@@ -8,9 +8,11 @@ from ppvae.cli.common import (
     add_arch_args,
     add_data_args,
     add_fit_args,
+    add_tracking_args,
     arch_config,
     describe,
     fit_config,
+    trackers,
 )
 from ppvae.config import ConfigError
 from ppvae.guides import GUIDES
@@ -18,6 +20,7 @@ from ppvae.infer.fitting import resolve_device
 from ppvae.models import MODELS
 
 KEPT_ON_RESUME = {"out", "resume", "overwrite", "epochs", "debug", "func", "parser", "backend"}
+KEPT_ON_RESUME |= {"tensorboard", "mlflow"}
 """Flags a resumed run may be given: everything else is the saved run's own."""
 
 
@@ -71,10 +74,13 @@ def _resumed_config(args, given: set[str]):
 def run(args, given: set[str]) -> int:
     from ppvae.experiments.run import train
 
+    tracked = trackers(args, Path(args.out).name, "ppvae train")
     config = _resumed_config(args, given) if args.resume else _new_config(args)
     device = resolve_device(config.fit.device)
     with distributed.from_environment(device, args.backend):  # under torchrun: the group
-        result = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
+        result = train(
+            config, args.out, resume=args.resume, overwrite=args.overwrite, callbacks=tracked
+        )
     if not distributed.main_process():
         return 130 if result.fit.interrupted else 0
     out = Path(args.out)
@@ -135,4 +141,5 @@ def add(sub) -> None:
         choices=["auto", "gloo", "nccl"],
         help="torch.distributed backend under torchrun: auto is nccl on CUDA, gloo on the CPU",
     )
+    add_tracking_args(p)
     p.set_defaults(func=run, parser=p)

@@ -5,9 +5,11 @@ keeps). Shared by :mod:`ppvae.experiments.compare` and :mod:`ppvae.experiments.c
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
@@ -92,6 +94,21 @@ def prepare(config: CompareConfig) -> Split:
     return Split(train.double().to(device), test.double().to(device), levels, data.image_shape)
 
 
+ROW_CALLBACKS: ContextVar[tuple] = ContextVar("row_callbacks", default=())
+"""Callbacks (:mod:`ppvae.infer.callbacks`) given to the fit of every SVI row, set by
+:func:`row_callbacks` (``ppvae compare --tensorboard/--mlflow``: each row's epochs)."""
+
+
+@contextlib.contextmanager
+def row_callbacks(callbacks):
+    """Give ``callbacks`` to the fit of every SVI row of the tables made in the block."""
+    token = ROW_CALLBACKS.set(tuple(callbacks))
+    try:
+        yield
+    finally:
+        ROW_CALLBACKS.reset(token)
+
+
 def timed(fn: Callable):
     start = time.perf_counter()
     result = fn()
@@ -114,7 +131,14 @@ def svi(model_key: str, guide_key: str, split, config: CompareConfig, **options)
         device=str(split.train.device), **options,
     )  # fmt: skip
     result, seconds = timed(
-        lambda: fit(model, guide, split.train.float(), fit_config, progress=False)
+        lambda: fit(
+            model,
+            guide,
+            split.train.float(),
+            fit_config,
+            progress=False,
+            callbacks=list(ROW_CALLBACKS.get()),
+        )
     )
     if result.interrupted:  # Ctrl-C: stop the comparison rather than score a half-trained row
         raise KeyboardInterrupt

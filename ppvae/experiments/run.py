@@ -52,6 +52,7 @@ from ppvae.experiments.saved_runs import (
     run_info,
     saved_run,
 )
+from ppvae.infer.callbacks import Callback, CallbackList
 from ppvae.infer.fitting import FitResult, fit, holding, resolve_device
 from ppvae.infer.loop import HISTORY_COLUMNS
 from ppvae.infer.resume import check_compatible
@@ -120,6 +121,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
+    callbacks: list[Callback] | None = None,
 ) -> RunResult:
     """Train ``run`` and write its directory ``out``.
 
@@ -143,15 +145,20 @@ def train(
 
     Under ``torch.distributed`` (``torchrun``) every rank trains and evaluates its share; rank
     0 alone writes the directory.
+
+    ``callbacks`` (:mod:`ppvae.infer.callbacks`, such as the trackers of
+    :mod:`ppvae.experiments.trackers`) see the training as ``fit``'s do, and its end once the
+    folder is written, with the folder (rank 0 alone).
     """
+    hooks = CallbackList(callbacks or (), outputs_follow=True)
     out = resolve_link(check_output_dir(out))
     with holding(out, str(out), "wait for that run to finish, or choose another --out"):
         if resume:
-            return _resume(run, out, progress)
-        return _start(run, out, overwrite, progress)
+            return _resume(run, out, progress, hooks)
+        return _start(run, out, overwrite, progress, hooks)
 
 
-def _start(run: RunConfig, out: Path, overwrite: bool, progress) -> RunResult:
+def _start(run: RunConfig, out: Path, overwrite: bool, progress, hooks) -> RunResult:
     _check_new_run(out, overwrite)
     data = load_data(run)
     resolve_device(run.fit.device)
@@ -159,12 +166,12 @@ def _start(run: RunConfig, out: Path, overwrite: bool, progress) -> RunResult:
         return _train_quietly(run, data, progress)
     staging = Staging(out, CHECKPOINT)
     try:
-        return _train_new(run, data, staging, progress)
+        return _train_new(run, data, staging, progress, hooks)
     finally:
         staging.discard()  # a no-op once the run has been moved into place
 
 
-def _train_new(run: RunConfig, data: Dataset, staging: Staging, progress) -> RunResult:
+def _train_new(run: RunConfig, data: Dataset, staging: Staging, progress, hooks) -> RunResult:
     pyro.clear_param_store()
     model, guide = build(run, data)
     run.save(staging.folder / CONFIG)
@@ -182,9 +189,12 @@ def _train_new(run: RunConfig, data: Dataset, staging: Staging, progress) -> Run
         progress=progress,
         on_epoch=on_epoch,
         run_info=run_info(run, data),
+        callbacks=hooks,
     )
     staging.publish()  # stopped by Ctrl-C before the first epoch ended: its checkpoint counts
-    return _finish(run, data, result, staging.folder)
+    done = _finish(run, data, result, staging.folder)
+    hooks.end(result, staging.folder, outputs=True)
+    return done
 
 
 def _train_quietly(run: RunConfig, data: Dataset, progress) -> RunResult:
@@ -195,7 +205,7 @@ def _train_quietly(run: RunConfig, data: Dataset, progress) -> RunResult:
     return _finish(run, data, result, None)
 
 
-def _resume(run: RunConfig, out: Path, progress) -> RunResult:
+def _resume(run: RunConfig, out: Path, progress, hooks) -> RunResult:
     if not os.path.lexists(out / CHECKPOINT):
         raise ConfigError(f"nothing to resume: {out / CHECKPOINT} does not exist")
     written, saved = saved_run(out)
@@ -231,10 +241,14 @@ def _resume(run: RunConfig, out: Path, progress) -> RunResult:
         progress=progress if main else False,
         on_epoch=on_epoch if main else None,
         run_info=run_info(run, data),
+        callbacks=hooks,
     )
     if main:
         run.save(out / CONFIG)  # its epochs, once training has gone past the old ones
-    return _finish(run, data, result, out if main else None)
+    done = _finish(run, data, result, out if main else None)
+    if main:
+        hooks.end(result, out, outputs=True)
+    return done
 
 
 def _finish(run: RunConfig, data: Dataset, result: FitResult, out: Path | None) -> RunResult:

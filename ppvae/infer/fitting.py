@@ -21,6 +21,7 @@ from ppvae.config import ConfigError
 from ppvae.data import Dataset, Rows, as_rows, validate_data
 from ppvae.errors import ModelGuideError, OutputError
 from ppvae.infer import checkpoint as ckpt
+from ppvae.infer.callbacks import Callback, CallbackList, TrainingStart
 from ppvae.infer.groups import aux_losses, check_supported, combined_loss, layout_for
 from ppvae.infer.loop import (
     HISTORY_COLUMNS,
@@ -156,6 +157,7 @@ def fit(
     on_epoch: Callable[[pd.DataFrame], None] | None = None,
     run_info: dict[str, Any] | None = None,
     aux: list[tuple[Any, Any, float]] = (),
+    callbacks: list[Callback] | CallbackList | None = None,
 ) -> FitResult:
     """Train ``model`` and ``guide`` by SVI on ``data``.
 
@@ -196,6 +198,11 @@ def fit(
         (Pyro's ss-vae ``model_classify``/``guide_classify``; their parameters are in the
         checkpoint's param store and optimizer). ``train_objective`` then includes them, and
         ``train_elbo`` is the main pair's ELBO of the epoch's last batch.
+    callbacks : list of Callback, optional
+        Told of the start (with ``config`` and ``run_info``), each epoch's history row, each
+        checkpoint and the end (:mod:`ppvae.infer.callbacks`), on rank 0 alone; one that
+        raises is a warning line and is not called again. What they keep under
+        ``run_info["trackers"]`` goes into every checkpoint and comes back on resume.
 
     Returns
     -------
@@ -235,7 +242,10 @@ def fit(
         distributed.stopping_together(),  # one rank's error ends the ranks waiting for it
         holding(checkpoint, f"the checkpoint {path}", CHECKPOINT_HINT),
     ):
-        args = (checkpoint, resume, progress, on_epoch, run_info, aux)
+        hooks = CallbackList.of(callbacks if distributed.is_main() else None)
+        if hooks:  # (a copy: what the callbacks keep in it is the checkpoint's)
+            run_info = dict(run_info or {})
+        args = (checkpoint, resume, progress, on_epoch, run_info, aux, hooks)
         return _fit(model, guide, data, config, *args)
 
 
@@ -281,7 +291,7 @@ def holding(target: str | os.PathLike | None, what: str, hint: str = ""):
 
 
 def _fit(
-    model, guide, data, config, checkpoint, resume, progress, on_epoch, run_info, aux
+    model, guide, data, config, checkpoint, resume, progress, on_epoch, run_info, aux, hooks
 ) -> FitResult:
     distributed.warn_if_not_initialized()
     device = distributed.local_device(resolve_device(config.device))
@@ -299,7 +309,8 @@ def _fit(
     if resume:
         if checkpoint is None or not os.path.exists(checkpoint):
             raise ConfigError(f"nothing to resume: no checkpoint at {checkpoint}")
-        status = restore(checkpoint, model, guide, step, config, train)
+        status = restore(checkpoint, model, guide, step, config, train, run_info)
+    hooks.start(TrainingStart(config, run_info, _history(status, step), bool(resume)))
 
     def save() -> bool:
         """Write the checkpoint (rank 0); gathering the ranks' random states is collective."""
@@ -309,6 +320,7 @@ def _fit(
         snapshot = state(status, model, guide, step, config, run_info)
         if checkpoint is not None and rank == 0:
             ckpt.save(checkpoint, snapshot)
+            hooks.checkpoint(checkpoint)
         return checkpoint is not None
 
     steps = n // b
@@ -336,10 +348,22 @@ def _fit(
             save,
             interrupt,
             bar,
-            on_epoch,
+            _both(on_epoch, hooks.epoch if hooks else None),
         )
         loop.saved_epoch = status.epoch if resume else None
         loop.checkpointing = checkpoint is not None
         stopped = loop.run()
-    history = pd.DataFrame(status.rows, columns=history_columns(step))
-    return FitResult(history, model, guide, config, interrupted=stopped)
+    result = FitResult(_history(status, step), model, guide, config, interrupted=stopped)
+    hooks.end(result)
+    return result
+
+
+def _history(status: Progress, step) -> pd.DataFrame:
+    return pd.DataFrame(status.rows, columns=history_columns(step))
+
+
+def _both(first, then):
+    """``on_epoch`` and the callbacks' epoch hook, as one (None when neither is given)."""
+    if first is None or then is None:
+        return first or then
+    return lambda history: (first(history), then(history))

@@ -15,6 +15,7 @@ from ppvae import distributed
 from ppvae.config import ConfigError
 from ppvae.errors import CheckpointError
 from ppvae.infer import checkpoint as ckpt
+from ppvae.infer.callbacks import TRACKED
 from ppvae.infer.loop import Progress, Step
 
 KEYS = ("progress", "config", "run", "model", "guide", "params", "optim", "rng")
@@ -97,10 +98,13 @@ def _shape(value) -> tuple[int, ...]:
     return tuple(getattr(value, "shape", ()))
 
 
-def restore(path, model, guide, step: Step, config, like: torch.Tensor) -> Progress:
+def restore(
+    path, model, guide, step: Step, config, like: torch.Tensor, run_info: dict | None = None
+) -> Progress:
     """Put a checkpoint back: module buffers by ``load_state_dict``, every parameter by copying
     into the tensor the param store already holds (so the networks registered with
-    ``pyro.module`` or as ``PyroModule`` train the restored values), on ``like``'s device."""
+    ``pyro.module`` or as ``PyroModule`` train the restored values), on ``like``'s device.
+    What callbacks kept in the saved run info (``TRACKED``) is copied into ``run_info``."""
     saved = ckpt.load(path)
     ckpt.require(saved, KEYS, path)
     check_compatible(saved["config"], config, path)
@@ -108,4 +112,7 @@ def restore(path, model, guide, step: Step, config, like: torch.Tensor) -> Progr
     ckpt.restore_params(saved["params"], like)
     step.load_state_dict(saved["optim"])
     _set_rng_states(saved["rng"], path)
+    kept = saved["run"].get(TRACKED) if isinstance(saved["run"], dict) else None
+    if run_info is not None and kept:
+        run_info[TRACKED] = kept
     return Progress(**saved["progress"])
