@@ -11,15 +11,13 @@ from collections.abc import Callable
 import pyro
 import torch
 
-from ppvae.pairs.tracking import DATA_PREFIX, NETWORK_PREFIX, TrackNetworks, trace_relations
-
-
-def _roots(fn: Callable) -> list[torch.nn.Module]:
-    """The modules whose attribute paths name networks: ``fn`` itself, or the object whose
-    method ``fn`` is (a tutorial's ``vae.model``), also behind ``functools.partial``."""
-    fn = getattr(fn, "func", fn)
-    found = (fn, getattr(fn, "__self__", None))
-    return [m for m in found if isinstance(m, torch.nn.Module)]
+from ppvae.pairs.tracking import (
+    DATA_PREFIX,
+    NETWORK_PREFIX,
+    TrackNetworks,
+    roots,
+    trace_relations,
+)
 
 
 def network_name(module: torch.nn.Module, roots, params: dict[str, torch.Tensor]) -> str:
@@ -54,7 +52,7 @@ def _networks(fn: Callable, tracker: TrackNetworks) -> dict[str, tuple[str, str,
         found[key] = found.get(key, frozenset()) | call.inputs
     names, taken = {}, set()
     for key in found:
-        name = network_name(modules[key], _roots(fn), tracker.params)
+        name = network_name(modules[key], roots(fn), tracker.params)
         names[key] = next(
             _numbered(name, k) for k in range(1, 99) if _numbered(name, k) not in taken
         )
@@ -118,7 +116,7 @@ def get_relations(fn: Callable, args: tuple = (), kwargs: dict | None = None) ->
     trace, tracker, provenance = trace_relations(fn, args, kwargs or {})
     networks = _networks(fn, tracker)
     sites = {n: s for n, s in trace.nodes.items() if n in provenance}
-    params = {n for n, s in trace.nodes.items() if s["type"] == "param"}
+    params = set(tracker.params)
 
     names = {token: node for token, (node, _, _) in networks.items()}
     order = _order(sites)
@@ -178,11 +176,18 @@ def _finish(relations: dict, sites: dict, trace, networks: dict) -> dict:
     return {
         **relations,
         "sample_sample": dict(edges),
-        "param_constraint": {p: str(trace.nodes[p]["kwargs"]["constraint"]) for p in used},
+        "param_constraint": {p: _constraint(trace, p) for p in used},
         "plate_sample": dict(plates),
         "observed": data + [n for n, s in sites.items() if s["is_observed"]],
         "networks": {node: kind for node, kind, _ in networks.values()},
     }
+
+
+def _constraint(trace, param: str) -> str:
+    """The constraint of ``param`` as Pyro shows it; ``Real()`` for a module's own parameter,
+    which makes no param site (see :mod:`ppvae.pairs.tracking`)."""
+    site = trace.nodes.get(param)
+    return str(site["kwargs"]["constraint"]) if site else "Real()"
 
 
 def _shared_plates(node: str, edges: dict, sites: dict) -> list[str]:

@@ -13,13 +13,15 @@ Nothing here knows a site's name.
 """
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer.inspect import is_sample_site
+from pyro.nn import PyroModule
 from pyro.ops.provenance import (
     ProvenanceTensor,
     detach_provenance,
@@ -226,6 +228,7 @@ def trace_relations(fn: Callable, args: tuple, kwargs: dict):
         pyro.validation_enabled(False),
         store.scope(store.get_state()),
         tracker,
+        _tracked_parameters(roots(fn), tracker),
     ):
         args, kwargs = _arguments(fn, args, kwargs)
         trace = poutine.trace(fn).get_trace(*args, **kwargs)
@@ -235,3 +238,36 @@ def trace_relations(fn: Callable, args: tuple, kwargs: dict):
             if is_sample_site(site)
         }
     return trace, tracker, provenance
+
+
+def roots(fn: Callable) -> list[torch.nn.Module]:
+    """The modules a model or guide ``fn`` is: ``fn`` itself, or the object whose method it is
+    (a tutorial's ``vae.model``), also behind ``functools.partial``."""
+    fn = getattr(fn, "func", fn)
+    found = (fn, getattr(fn, "__self__", None))
+    return [m for m in found if isinstance(m, torch.nn.Module)]
+
+
+@contextmanager
+def _tracked_parameters(modules, tracker: TrackNetworks) -> Iterator[None]:
+    """For the ``with`` block, the plain ``nn.Parameter`` s of every ``PyroModule`` in
+    ``modules`` carry their param-store names (``guide.local``): a ``PyroModule`` hands out
+    the parameter itself, not the value its ``pyro.param`` statement returns, so Pyro's
+    tracking loses them."""
+    swapped = [
+        (module, name, value)
+        for root in modules
+        for module in root.modules()
+        if isinstance(module, PyroModule)
+        for name, value in module._parameters.items()
+        if isinstance(value, torch.nn.Parameter) and not name.endswith("_unconstrained")
+    ]
+    try:
+        for module, name, value in swapped:
+            full = f"{module._pyro_name}.{name}" if module._pyro_name else name
+            tracker.params[full] = value
+            module._parameters[name] = track(value, frozenset({full}))
+        yield
+    finally:
+        for module, name, value in swapped:
+            module._parameters[name] = value
