@@ -138,6 +138,36 @@ def test_networks_of_plain_functions_are_named_as_pyro_module_registers_them():
     assert "Linear" in nodes(graph)["model/net/generator"]
 
 
+def test_data_given_as_several_arguments_or_as_keywords():
+    """A conditional pair p(z) p(y | x, z), q(z | x, y): x is an input of both, y observed."""
+    head, encoder = nn.Linear(3, 1), nn.Linear(2, 2)
+
+    def model(x, y):
+        pyro.module("head", head)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([len(x), 2]).to_event(1))
+            loc = head(torch.cat([x[:, None], z], -1)).squeeze(-1)
+            pyro.sample("y", dist.Normal(loc, 1.0), obs=y)
+
+    def guide(x, y):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", len(x)):
+            loc, rho = encoder(torch.stack([x, y], -1)).split(1, -1)
+            pyro.sample("z", dist.Normal(loc.expand(-1, 2), rho.exp()).to_event(1))
+
+    expected = {
+        ("model/data/x", "model/net/head"),
+        ("model/z", "model/net/head"),
+        ("model/net/head", "model/y"),
+        ("guide/data/x", "guide/net/encoder"),
+        ("guide/data/y", "guide/net/encoder"),
+        ("guide/net/encoder", "guide/z"),
+    }
+    x, y = torch.randn(5), torch.randn(5)
+    assert edges(ppvae.render(model, guide, x, y)) == expected
+    assert edges(ppvae.render(model, guide, x=x, y=y)) == expected
+
+
 def test_a_pyro_param_model_draws_its_parameters():
     def model(data):
         loc = pyro.param("loc", torch.zeros(3))
