@@ -24,6 +24,7 @@ from ppvae.experiments.run_config import RunConfig
 from ppvae.experiments.saved_runs import LoadedRun, load_run
 from ppvae.infer.fitting import FitConfig, FitResult, TrainingError, fit
 from ppvae.pairs.checker import ModelGuideError, check, problems
+from ppvae.pairs.diagram import render
 from ppvae.seeding import seed
 
 __version__ = "0.1.0"
@@ -48,5 +49,6 @@ __all__ = [
     "load_run",
     "log_likelihood",
     "problems",
+    "render",
     "seed",
 ]

@@ -91,3 +91,13 @@ def first_line(err: BaseException) -> str:
 class DivergenceWarning(UserWarning):
     """A run or a fitted row ended far below a baseline that needs no training: it diverged.
     The command line prints it as one line, ``ppvae: warning: ...``."""
+
+
+class DiagramError(PPVAEError, RuntimeError):
+    """A diagram cannot be drawn: Graphviz is missing, or the format is unknown; the message
+    says what to install or choose."""
+
+
+class DiagramWarning(UserWarning):
+    """A diagram a command draws on the side (``ppvae train``'s ``model.svg``) was not drawn;
+    the command goes on. The command line prints it as one line, ``ppvae: warning: ...``."""

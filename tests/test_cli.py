@@ -12,6 +12,7 @@ import pytest
 from ppvae.cli import main
 from ppvae.experiments.run import RunConfig
 from ppvae.infer import checkpoint as ckpt
+from tests.test_render import VAE_EDGES, svg_arrows
 
 FAST = ["--hidden", "16", "--eval-samples", "50", "--batch-size", "256"]
 
@@ -23,8 +24,9 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
     assert names == {
         "config.json", "history.csv", "checkpoint.pt", "metrics.csv",
         "elbo.png", "reconstructions.png", "samples.png", "latent.png",
-        "interpolation.png", "latent_grid.png",
+        "interpolation.png", "latent_grid.png", "model.svg",
     }  # fmt: skip
+    assert svg_arrows(out / "model.svg") == VAE_EDGES  # the pair drawn (tests/test_render.py)
     run = RunConfig.load(out / "config.json")
     assert (run.dataset, run.model, run.guide, run.fit.epochs) == (
         "digits",

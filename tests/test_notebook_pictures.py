@@ -1,6 +1,6 @@
 """Pictures show in a notebook: executed in a Jupyter kernel (smoke mode), every plot cell
-carries a PNG image, none shows only ``<Figure size ...>`` text, and no progress bar warns
-that IProgress (ipywidgets) is missing."""
+carries a PNG image, the diagram of the pair an SVG, none shows only ``<Figure size ...>``
+text, and no progress bar warns that IProgress (ipywidgets) is missing."""
 
 import base64
 from pathlib import Path
@@ -12,6 +12,7 @@ nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 PNG = b"\x89PNG\r\n\x1a\n"
+SVG = "image/svg+xml"
 
 
 def plot_cell(source: str) -> bool:
@@ -52,6 +53,14 @@ def test_every_plot_cell_shows_a_png(executed):
         images = [o.data["image/png"] for o in cell.outputs if "image/png" in o.get("data", {})]
         assert len(images) == 1, cell.source
         assert base64.b64decode(images[0]).startswith(PNG), cell.source
+
+
+def test_the_diagram_shows_as_an_svg(executed):
+    """ppvae.render's graph shows inline as SVG, with the pair's networks in it."""
+    (drawing,) = [cell for cell in executed if "render(" in cell.source]
+    svgs = [o.data[SVG] for o in drawing.outputs if SVG in o.get("data", {})]
+    assert len(svgs) == 1 and "<svg" in svgs[0]
+    assert "model/net/decoder" in svgs[0] and "guide/net/net" in svgs[0]
 
 
 def test_no_figure_shows_as_text_alone(executed):

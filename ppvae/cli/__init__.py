@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from ppvae.cli import compare, gradients, train
 from ppvae.cli.common import Parser, provided
 from ppvae.distributed import main_process, rank_label
-from ppvae.errors import DivergenceWarning, PPVAEError, first_line
+from ppvae.errors import DiagramWarning, DivergenceWarning, PPVAEError, first_line
 from ppvae.infer.callbacks import CallbackWarning
 
 SUBCOMMANDS = [train.add, gradients.add, compare.add]
@@ -46,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     """ppvae's own warnings as one line, ``ppvae: warning: ...``; others as Python has them."""
-    if issubclass(category, DivergenceWarning | CallbackWarning):
+    if issubclass(category, DivergenceWarning | CallbackWarning | DiagramWarning):
         return f"ppvae: warning: {first_line(message)}\n"
     return _PYTHON_FORMAT(message, category, filename, lineno, line)
 

@@ -109,7 +109,8 @@ def add(sub) -> None:
         allow_abbrev=False,
         help="train a model and guide by SVI and write a run directory",
         description="Train a VAE (model + guide) by SVI. Writes config.json, history.csv, "
-        "checkpoint.pt, metrics.csv and PNG pictures to --out. Ctrl-C saves a checkpoint; "
+        "checkpoint.pt, metrics.csv, PNG pictures and model.svg (the pair drawn) to --out. "
+        "Ctrl-C saves a checkpoint; "
         "--resume continues it with the saved settings (only --epochs may be raised).",
     )
     add_data_args(p).add_argument(

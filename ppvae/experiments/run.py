@@ -22,6 +22,7 @@ from ppvae.config import (
 )
 from ppvae.data import Dataset
 from ppvae.errors import (
+    DiagramWarning,
     DivergenceWarning,
     OutputError,
     first_line,
@@ -57,6 +58,11 @@ from ppvae.infer.fitting import FitResult, fit, holding, resolve_device
 from ppvae.infer.loop import HISTORY_COLUMNS
 from ppvae.infer.resume import check_compatible
 from ppvae.outputs import Staging, check_output_dir, is_lock_file, resolve_link
+from ppvae.pairs.calling import accepts_indices
+from ppvae.pairs.diagram import render, write
+
+DIAGRAM = "model.svg"
+"""The pair drawn (:func:`ppvae.render`), written into a new run's folder."""
 
 
 class RunResult(NamedTuple):
@@ -129,7 +135,9 @@ def train(
     (every epoch and on Ctrl-C), and when training completes ``metrics.csv`` (test ELBO and
     importance-sampled log p(x)), ``elbo.png``, ``reconstructions.png``, ``samples.png``,
     ``interpolation.png`` (four pairs of test images), ``latent_grid.png`` (decoded over the
-    first two latent dimensions) and ``latent.png`` when z is 2-D.
+    first two latent dimensions) and ``latent.png`` when z is 2-D. A new run also has
+    ``model.svg``, the model and guide drawn (:func:`ppvae.render`; without Graphviz's ``dot``
+    a warning says so, and training goes on).
 
     Everything is checked first (the output folder, the config, the data, the device, the model
     and guide on a batch). A new run is built in a hidden folder beside ``out`` and moved into
@@ -175,6 +183,7 @@ def _train_new(run: RunConfig, data: Dataset, staging: Staging, progress, hooks)
     pyro.clear_param_store()
     model, guide = build(run, data)
     run.save(staging.folder / CONFIG)
+    _diagram(model, guide, data.train[:8], staging.folder / DIAGRAM)
 
     def on_epoch(history: pd.DataFrame) -> None:
         staging.publish()  # the first checkpoint is written: the new run takes --out's place
@@ -195,6 +204,16 @@ def _train_new(run: RunConfig, data: Dataset, staging: Staging, progress, hooks)
     done = _finish(run, data, result, staging.folder)
     hooks.end(result, staging.folder, outputs=True)
     return done
+
+
+def _diagram(model, guide, x: torch.Tensor, path: Path) -> None:
+    """Draw the pair on the rows ``x`` into ``path``; when it cannot be drawn (no Graphviz),
+    one warning line, and the run goes on."""
+    args = (x, torch.arange(len(x))) if accepts_indices(model) and accepts_indices(guide) else (x,)
+    try:
+        write(render(model, guide, *args), path)
+    except Exception as err:  # a drawing is never worth a run
+        warnings.warn(f"{path.name} not drawn: {first_line(err)}", DiagramWarning, stacklevel=2)
 
 
 def _train_quietly(run: RunConfig, data: Dataset, progress) -> RunResult:
@@ -255,6 +274,8 @@ def _finish(run: RunConfig, data: Dataset, result: FitResult, out: Path | None) 
     """Evaluate (every rank, sharded) and write metrics and pictures to ``out`` (rank 0: the
     other ranks pass None)."""
     files = [] if out is None else [out / CONFIG, out / CHECKPOINT, out / HISTORY]
+    if out is not None and (out / DIAGRAM).exists():
+        files.append(out / DIAGRAM)
     if result.interrupted:
         return RunResult(result, None, files)
     model, guide = result.model, result.guide
