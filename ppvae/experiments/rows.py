@@ -93,6 +93,7 @@ def prepare(config: CompareConfig) -> Split:
 
 
 def timed(fn: Callable):
+    """``fn()`` and the seconds it took, as ``(result, seconds)``."""
     start = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - start
@@ -130,6 +131,7 @@ def sampled_mean(model, guide, x: Tensor, config: CompareConfig) -> tuple[float,
 
 
 def score_row(name: str, method: Callable, split: Split, config: CompareConfig) -> Row:
+    """``method(split, config)``; its ppvae error, if any, names the method ``name``."""
     try:
         return method(split, config)
     except PPVAEError as err:  # say which method, in one line

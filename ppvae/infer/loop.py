@@ -33,6 +33,7 @@ CHECK_EVERY = 50
 """Steps between looks at the losses (each look waits for the device)."""
 
 
+#: The columns of ``FitResult.history`` and ``history.csv``, in order.
 HISTORY_COLUMNS = [
     "epoch",
     "train_elbo",
@@ -99,6 +100,8 @@ class DeferredInterrupt:
 
     @contextlib.contextmanager
     def installed(self):
+        """A context in which SIGINT and SIGTERM ask for a stop at the end of the epoch
+        (left alone outside the main thread)."""
         signals = (signal.SIGINT, signal.SIGTERM)
         try:
             previous = {s: signal.signal(s, self._handler) for s in signals}
@@ -126,6 +129,8 @@ def epoch_batches(train: torch.Tensor, dynamic: bool, config, epoch: int):
 
 
 def kl_weight(config, epoch: int, step: int, steps: int) -> float:
+    """The KL term's weight at this step: ``beta``, reached linearly over
+    ``kl_warmup_epochs`` when set."""
     if not config.kl_warmup_epochs:
         return config.beta
     done = (epoch * steps + step + 1) / (config.kl_warmup_epochs * steps)
