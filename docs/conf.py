@@ -105,21 +105,41 @@ def _submodules(package: str) -> list[str]:
 
 
 def _api_page(name: str) -> str:
-    """One module's page: the objects that live there (the names of ``__all__`` for
-    ``ppvae`` itself), then its submodules. A package's function named like one of its
+    """One module's page: the objects that live there (for ``ppvae`` itself, a page per name
+    of ``__all__``), then its submodules. A package's function named like one of its
     submodules (``ppvae.guides.amortized``) is left to the registry that lists it."""
     title = name.replace("_", r"\_")
     lines = [title, "=" * len(title), "", f".. automodule:: {name}"]
     children = _submodules(name)
-    if name != "ppvae":
+    if name == "ppvae":
+        lines += ["   :no-members:", "", ".. rubric:: Names", "", ".. toctree::"]
+        lines += ["   :maxdepth: 1", ""] + [f"   ppvae.{member}" for member in ppvae.__all__]
+    else:
         lines.append("   :ignore-module-all:")
     clashes = [c.rsplit(".", 1)[1] for c in children]
-    if clashes:
+    if clashes and name != "ppvae":
         lines.append(f"   :exclude-members: {', '.join(clashes)}")
     if children:
         lines += ["", ".. rubric:: Modules", "", ".. toctree::", "   :maxdepth: 1", ""]
         lines += [f"   {child}" for child in children]
     return "\n".join(lines) + "\n"
+
+
+def _name_page(member: str) -> str:
+    """The page of one top-level name (``ppvae.fit``), documented as it is imported."""
+    obj = getattr(ppvae, member)
+    if isinstance(obj, type):
+        kind = "autoexception" if issubclass(obj, BaseException) else "autoclass"
+    else:
+        kind = "autofunction"
+    title = f"ppvae.{member}".replace("_", r"\_")
+    return f"{title}\n{'=' * len(title)}\n\n.. {kind}:: ppvae.{member}\n"
+
+
+def _write(path: Path, page: str) -> None:
+    """Write ``page`` unless ``path`` holds it already (Sphinx then keeps its cached page)."""
+    if not path.exists() or path.read_text() != page:
+        path.write_text(page)
 
 
 def _write_api(out: Path, roots: tuple[str, ...]) -> None:
@@ -128,11 +148,10 @@ def _write_api(out: Path, roots: tuple[str, ...]) -> None:
     todo = list(roots)
     while todo:
         name = todo.pop()
-        page = _api_page(name)
-        path = out / f"{name}.rst"
-        if not path.exists() or path.read_text() != page:
-            path.write_text(page)
+        _write(out / f"{name}.rst", _api_page(name))
         todo += _submodules(name)
+    for member in ppvae.__all__:
+        _write(out / f"ppvae.{member}.rst", _name_page(member))
 
 
 _write_api(GENERATED / "api", ("ppvae", "ppvae.models", "ppvae.guides"))
