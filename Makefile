@@ -48,7 +48,7 @@ $(DOCS_STAMP): $(STAMP)
 	touch $(DOCS_STAMP)
 
 docs: $(DOCS_STAMP)
-	$(BIN)/python -m sphinx -W --keep-going -n -q -b html docs $(DOCS)
+	$(BIN)/python -m sphinx -W --keep-going -n -q -E -b html docs $(DOCS)
 	@echo "the site is in $(DOCS)/ (open $(DOCS)/index.html)"
 
 # the built site in headless Chromium (apt-get install chromium chromium-driver)
