@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PINS := torch==2.14.1 torchvision==0.29.1
 DEMO := runs/demo
 
-.PHONY: install demo test notebooks lint clean assignment
+.PHONY: install demo test notebooks lint clean assignment docs docs-check wheel-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,4 +45,26 @@ lint: install
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site dist docs/_generated
+
+# the documentation site in site/html: the README's guide, the notebooks with the outputs of
+# their smoke mode (executed here; a notebook unchanged since is reused), the API reference;
+# strict: a warning, a broken cross-reference or a public name without a docstring fails
+DOCS := site/html
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet $(PINS) -e ".[dev,docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -n -q -E -b html docs $(DOCS)
+	@echo "the site is in $(DOCS)/ (open $(DOCS)/index.html)"
+
+# the built site in headless Chromium (apt-get install chromium chromium-driver)
+docs-check: docs
+	$(BIN)/python docs/browser_check.py $(DOCS)
+
+# the wheel installed into a fresh venv outside the source tree, and used there
+wheel-check: $(DOCS_STAMP)
+	PYTHON=$(PYTHON) .ci/wheel-check

@@ -94,6 +94,8 @@ def masked_ppca_exact(arch: ArchConfig, shape: DataShape, model=None) -> ExactOb
     return ExactObservedPPCAGuide(model)
 
 
+#: The guides by name (``--guide``): each builds a guide from an ArchConfig, a DataShape and
+#: the model it pairs with.
 GUIDES: dict[str, Callable[..., nn.Module]] = {
     "diag": diagonal,
     "full-cov": full_covariance,

@@ -74,6 +74,7 @@ class FreeGuide:
             tensor.requires_grad_()
 
     def params(self) -> list[torch.Tensor]:
+        """The free per-row tensors (each site's loc and unconstrained scale), leaves with grad."""
         return [t for site in self.sites for t in site.free]
 
     def __call__(self, *data, idx=None, num_data=None, **named):

@@ -60,6 +60,7 @@ def ppca(arch: ArchConfig, shape: DataShape) -> PPCA:
     return PPCA(shape.x_dim, arch.z_dim, missing=shape.missing)
 
 
+#: The models by name (``--model``): each builds a model from an ArchConfig and a DataShape.
 MODELS: dict[str, Callable[[ArchConfig, DataShape], nn.Module]] = {
     "bernoulli": bernoulli,
     "gaussian": gaussian,

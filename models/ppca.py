@@ -75,9 +75,9 @@ class PPCA(VAE):
     def analytic_elbo(self, x: torch.Tensor, q) -> torch.Tensor:
         """The ELBO of each row in closed form, for a Gaussian q(z | x) with batch shape (N,).
 
-        E_q[log N(x; W z + mu, s^2 I)]
-        = -D/2 log(2 pi s^2) - (|x - W m - mu|^2 + tr(W S W^T)) / (2 s^2)
-        and KL(N(m, S) || N(0, I)) = (tr S + m^T m - q - log|S|) / 2, with m, S the mean and
+        ``E_q[log N(x; W z + mu, s^2 I)]
+        = -D/2 log(2 pi s^2) - (|x - W m - mu|^2 + tr(W S W^T)) / (2 s^2)``
+        and ``KL(N(m, S) || N(0, I)) = (tr S + m^T m - q - log|S|) / 2``, with m, S the mean and
         covariance of q. No sampling noise, so it is the number to compare with log p(x).
 
         Returns

@@ -16,6 +16,8 @@ The Python API in brief::
     print(evaluate(model, guide, data.test))
 """
 
+from importlib import metadata as _metadata
+
 from ppvae.config import ArchConfig, ConfigError, DataShape
 from ppvae.data import DataError, Dataset, load_dataset
 from ppvae.evaluation.bounds import elbo_terms, log_likelihood
@@ -27,7 +29,10 @@ from ppvae.pairs.checker import ModelGuideError, check, problems
 from ppvae.pairs.diagram import render
 from ppvae.seeding import seed
 
-__version__ = "0.1.0"
+try:  # the installed distribution's version, so `ppvae --version` says what pip installed
+    __version__ = _metadata.version("ppvae")
+except _metadata.PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ArchConfig",

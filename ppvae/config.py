@@ -74,10 +74,13 @@ class JsonConfig:
         return dotted(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (nested configs as dicts), ready for JSON."""
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        """The config from :meth:`to_dict`'s dict; an unknown field or a wrong type raises
+        :class:`~ppvae.config.ConfigError`."""
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         if not isinstance(data, dict):
@@ -91,10 +94,12 @@ class JsonConfig:
         return cls(**kwargs)
 
     def to_json(self) -> str:
+        """The config as indented JSON with sorted keys."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls: type[C], text: str) -> C:
+        """The config from :meth:`to_json`'s text."""
         return cls.from_dict(parse_json(text, what=f"{cls.__name__} JSON"))
 
     def save(self, path: str | os.PathLike) -> None:

@@ -287,10 +287,12 @@ class Watchdog:
         self.thread = threading.Thread(target=self._watch, name="ppvae-watchdog", daemon=True)
 
     def start(self) -> "Watchdog":
+        """Start watching in a daemon thread; returns the watchdog."""
         self.thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop watching (the block ended) and wait for the thread to end."""
         self.done.set()
         self.thread.join(timeout=2 * self.every + 1)
 

@@ -132,6 +132,8 @@ class OutputLock:
         self.hint = hint or "wait for it to finish, or choose another output"
 
     def path(self) -> Path:
+        """The lock file: a hidden sibling of the target, or inside it when its parent is
+        read-only."""
         target = Path(os.fspath(self.target)).absolute()
         inside = target / LOCK_NAME
         parent = _nearest_existing(target.parent)
@@ -140,6 +142,7 @@ class OutputLock:
         return hidden_sibling(target, "lock")
 
     def acquire(self) -> None:
+        """Take the lock, or raise :class:`~ppvae.errors.OutputError` naming the holder."""
         self.made = _make_parents(Path(os.fspath(self.target)).absolute().parent)
         try:
             self._acquire()
@@ -169,6 +172,7 @@ class OutputLock:
                 os.close(fd)
 
     def release(self) -> None:
+        """Give the lock back and remove its file (nothing when not held)."""
         if self.fd is None:
             return
         path = self.path()
@@ -277,6 +281,7 @@ class Staging(os.PathLike):
 
     @property
     def folder(self) -> Path:
+        """Where the files go now: the hidden staging folder, then the output once published."""
         return self.out if self.published else self.hidden
 
     def __fspath__(self) -> str:

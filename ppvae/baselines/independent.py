@@ -32,7 +32,7 @@ DIVERGENCE_MIN_NATS = 10.0
 DIVERGENCE_NATS_PER_DIM = 1.0
 DIVERGENCE_RELATIVE = 10.0
 """A run has diverged when its test log p(x) per example ends below the baseline b by more than
-max(``DIVERGENCE_MIN_NATS``, ``DIVERGENCE_NATS_PER_DIM`` * D, ``DIVERGENCE_RELATIVE`` * |b|),
+max(``DIVERGENCE_MIN_NATS``, ``DIVERGENCE_NATS_PER_DIM`` * D, ``DIVERGENCE_RELATIVE`` * ``|b|``),
 D the scored dimensions, or is not finite.
 
 Why so wide: a healthy network that has barely started sits well below the baseline. An

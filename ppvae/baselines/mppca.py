@@ -50,7 +50,7 @@ class MixturePPCA:
     seed : int
         Seeds the k-means++ initialisation.
     dtype, device
-        As in :class:`PPCA`.
+        As in :class:`~ppvae.baselines.ppca.PPCA`.
 
     Notes
     -----
@@ -125,24 +125,29 @@ class MixturePPCA:
 
     @property
     def params_(self) -> MixtureParams:
+        """The fitted parameters; :class:`NotFittedError` before :meth:`fit`."""
         if self._params is None:
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X)")
         return self._params
 
     @property
     def weights_(self) -> Tensor:
+        """The mixing weights pi_k, shape (K,)."""
         return self.params_.weights
 
     @property
     def means_(self) -> Tensor:
+        """The component means mu_k, shape (K, D)."""
         return self.params_.means
 
     @property
     def W_(self) -> Tensor:
+        """The loading matrices W_k, shape (K, D, q)."""
         return self.params_.W
 
     @property
     def sigma2_(self) -> Tensor:
+        """The noise variances sigma2_k, shape (K,)."""
         return self.params_.sigma2
 
     def _log_joint(self, X) -> Tensor:

@@ -125,6 +125,7 @@ def initial_params(X: Tensor, K: int, q: int, sigma2_min: Tensor, init, generato
 
 
 def check_rows(X: Tensor, K: int) -> None:
+    """Raise :class:`~ppvae.errors.DataError` when ``X`` has fewer rows than ``K`` clusters."""
     if X.shape[0] < K:
         raise DataError(f"need at least n_clusters={K} rows with an observed entry; got {len(X)}")
 
@@ -153,7 +154,7 @@ def mppca_em(
         Initial parameters. By default the M-step of a k-means++ clustering drawn from
         ``generator`` (the global RNG if None).
     max_iter, tol
-        As in :func:`ppca_em`.
+        As in :func:`~ppvae.baselines.em.ppca_em`.
     sigma2_floor : float
         Lower bound on every ``sigma_k^2`` as a fraction of the mean per-column variance.
     generator : torch.Generator, optional

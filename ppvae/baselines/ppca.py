@@ -1,7 +1,7 @@
 """Probabilistic PCA in closed form (Tipping & Bishop, JRSS-B 1999), in plain torch.
 
 These functions are test oracles for the Pyro models, so they use no Pyro. Everything works
-in the low-rank form: with ``M = W^T W + sigma2 I`` (q x q),
+in the low-rank form: with ``M = W^T W + sigma2 I`` (q x q)::
 
     C^-1 = sigma2^-1 (I - W M^-1 W^T),    |C| = sigma2^(d - q) |M|,
 
@@ -60,6 +60,7 @@ class PPCAPosterior(NamedTuple):
 
 
 def tensor_like(value, ref: Tensor) -> Tensor:
+    """``value`` as a tensor with the dtype and device of ``ref``."""
     return torch.as_tensor(value, dtype=ref.dtype, device=ref.device)
 
 
@@ -284,20 +285,24 @@ class PPCA:
 
     @property
     def params_(self) -> PPCAParams:
+        """The fitted parameters; :class:`NotFittedError` before :meth:`fit`."""
         if self._params is None:
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X)")
         return self._params
 
     @property
     def W_(self) -> Tensor:
+        """The loading matrix W, shape (D, q)."""
         return self.params_.W
 
     @property
     def mu_(self) -> Tensor:
+        """The mean mu, shape (D,)."""
         return self.params_.mu
 
     @property
     def sigma2_(self) -> Tensor:
+        """The noise variance sigma2, a scalar tensor."""
         return self.params_.sigma2
 
     def log_prob(self, X) -> Tensor:

@@ -113,6 +113,8 @@ def _gunzip_atomic(src: Path, dst: Path) -> None:
 
 
 def load_idx(name: str, *, data_dir=None, seed: int = 0, download: bool = True) -> Dataset:
+    """MNIST or Fashion-MNIST (``name``) from its IDX files, found by :func:`resolve_root`
+    (downloaded through torchvision when ``download`` and not found)."""
     source = _SOURCES[name]
     root = resolve_root(name, data_dir)
     raw = root / source.class_name / "raw"

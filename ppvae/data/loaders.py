@@ -78,6 +78,7 @@ def _load_synthetic(*, data_dir=None, seed: int = 0, download: bool = True) -> D
     return synthetic_ppca(seed=seed)
 
 
+#: The datasets by name (``--dataset``), each a loader returning a :class:`Dataset`.
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": _load_digits,
     "fashion-mnist": functools.partial(load_idx, "fashion-mnist"),

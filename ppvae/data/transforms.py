@@ -72,4 +72,5 @@ BINARIZERS = {
 }
 
 
+#: The names of the binarizations (``--binarize``).
 BINARIZATIONS: tuple[str, ...] = tuple(BINARIZERS)

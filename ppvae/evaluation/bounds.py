@@ -251,8 +251,8 @@ def log_likelihood(
     where z are the local latents (enumerated ones summed out) and global latents are drawn
     from the guide once per sample (see the module's notes). The estimate is a stochastic lower
     bound that rises with K towards log p(x). Samples and examples are processed in chunks of at
-    most :data:`MAX_ROWS` rows on the CPU, and on CUDA as many as half the free memory holds
-    (measured on a probe), so K = 5000 fits in memory on either.
+    most :data:`~ppvae.evaluation.bounds.MAX_ROWS` rows on the CPU, and on CUDA as many as half
+    the free memory holds (measured on a probe), so K = 5000 fits in memory on either.
 
     ``progress`` shows a bar over the chunks of examples (default: only on a terminal).
 

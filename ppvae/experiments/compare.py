@@ -54,6 +54,7 @@ from ppvae.experiments.rows import (
 )
 from ppvae.infer.fitting import resolve_device
 
+#: The columns of ``ppvae compare``'s table, in order.
 COLUMNS = [
     "method", "log_px", "log_px_stderr", "estimator", "elbo", "bits_per_dim", "fit_seconds",
     "status",

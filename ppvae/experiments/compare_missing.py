@@ -40,6 +40,7 @@ from ppvae.data.missing import mcar_split
 from ppvae.evaluation.imputation import impute
 from ppvae.experiments.rows import Baseline, fit_table, sampled_mean, score_row, svi, timed
 
+#: The columns of ``ppvae compare --missing-rate``'s table, in order.
 COLUMNS = [
     "method", "log_px", "log_px_stderr", "estimator", "imputation_rmse", "fit_seconds", "status",
 ]  # fmt: skip
@@ -127,6 +128,8 @@ def miwae(split: MaskedSplit, config) -> MissingRow:
     return MissingRow(log_px, stderr, estimator, rmse, seconds)
 
 
+#: The rows of ``ppvae compare --missing-rate`` by name: each fits one method on a split with
+#: missing entries and scores it.
 METHODS: dict[str, Callable[[MaskedSplit, object], MissingRow]] = {
     "mean": mean_floor,
     "ppca-em": ppca_em,

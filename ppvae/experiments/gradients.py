@@ -22,6 +22,7 @@ from ppvae.experiments.plots import InlineFigure, save
 from ppvae.pairs import batched, param_tensors
 from ppvae.pairs.objectives import OBJECTIVES
 
+#: The columns of ``ppvae gradients``' table, in order.
 TABLE_COLUMNS = [
     "estimator",
     "group",
@@ -162,6 +163,7 @@ def gradient_estimates(
 
 
 def check_estimates(objectives: Sequence[str], num_estimates: int, warmup: int) -> None:
+    """Raise :class:`~ppvae.config.ConfigError` for an unknown objective or a count too small."""
     unknown = [k for k in objectives if k not in OBJECTIVES]
     if unknown:
         raise ConfigError(
@@ -231,7 +233,7 @@ def gradient_table(
         Columns :data:`TABLE_COLUMNS`, one row per estimator and group plus a ``total`` row:
         ``mean_norm`` = ||g_bar|| (the norm of the mean gradient), ``total_variance`` = the
         trace of the covariance of one estimate, ``snr`` = ||g_bar|| / sqrt(total_variance),
-        and ``coordinate_snr`` = the mean over coordinates of |g_bar_i| / sd_i.
+        and ``coordinate_snr`` = the mean over coordinates of ``|g_bar_i| / sd_i``.
     """
     rows = []
     for key, m in moments.items():

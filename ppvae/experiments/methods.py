@@ -83,6 +83,7 @@ def nonlinear_vae(split: Split, config: CompareConfig) -> Row:
     return _sampled(model, guide, split, config, terms.elbo.double().mean().item(), seconds)
 
 
+#: The rows of ``ppvae compare`` by name: each fits one method on a split and scores it.
 METHODS: dict[str, Callable[[Split, CompareConfig], Row]] = {
     "ppca": ppca_closed_form,
     "ppca-em": ppca_em,

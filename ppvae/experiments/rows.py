@@ -110,6 +110,7 @@ def row_callbacks(callbacks):
 
 
 def timed(fn: Callable):
+    """``fn()`` and the seconds it took, as ``(result, seconds)``."""
     start = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - start
@@ -154,6 +155,7 @@ def sampled_mean(model, guide, x: Tensor, config: CompareConfig) -> tuple[float,
 
 
 def score_row(name: str, method: Callable, split: Split, config: CompareConfig) -> Row:
+    """``method(split, config)``; its ppvae error, if any, names the method ``name``."""
     try:
         return method(split, config)
     except PPVAEError as err:  # say which method, in one line

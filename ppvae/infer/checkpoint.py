@@ -54,6 +54,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore every generator from :func:`rng_state`'s ``state``."""
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["random"]
     random.setstate((version, tuple(internal), gauss))

@@ -34,6 +34,7 @@ CHECK_EVERY = 50
 """Steps between looks at the losses (each look waits for the device)."""
 
 
+#: The columns of ``FitResult.history`` and ``history.csv``, in order.
 HISTORY_COLUMNS = [
     "epoch",
     "train_elbo",
@@ -106,6 +107,8 @@ class DeferredInterrupt:
 
     @contextlib.contextmanager
     def installed(self):
+        """A context in which SIGINT and SIGTERM ask for a stop at the end of the epoch
+        (left alone outside the main thread)."""
         signals = (signal.SIGINT, signal.SIGTERM)
         try:
             previous = {s: signal.signal(s, self._handler) for s in signals}
@@ -144,6 +147,8 @@ def _binarized(train, g: torch.Generator):
 
 
 def kl_weight(config, epoch: int, step: int, steps: int) -> float:
+    """The KL term's weight at this step: ``beta``, reached linearly over
+    ``kl_warmup_epochs`` when set."""
     if not config.kl_warmup_epochs:
         return config.beta
     done = (epoch * steps + step + 1) / (config.kl_warmup_epochs * steps)

@@ -104,9 +104,12 @@ class Step:
         return loss.detach()
 
     def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state with the parameter names it belongs to, for a checkpoint."""
         return {"names": self.names, "state": self.optim.state_dict()}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s ``saved``; a checkpoint of other parameters raises
+        :class:`~ppvae.config.ConfigError`."""
         if saved["names"] != self.names:
             raise ConfigError(
                 "the checkpoint's optimizer was written for other parameters "

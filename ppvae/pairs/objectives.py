@@ -184,6 +184,7 @@ class Objective:
         return ScoreFunctionLatent(baseline=self.baseline)(guide)
 
 
+#: The objectives by name (``--objective``): each a loss and the ELBO class that scores it.
 OBJECTIVES: dict[str, Objective] = {
     "trace": Objective(
         description="ELBO with a Monte Carlo KL term, reparameterized (Trace_ELBO)",
