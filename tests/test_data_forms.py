@@ -133,3 +133,18 @@ def test_dynamic_binarization_redraws_only_the_first_tensor():
     g = torch.Generator().manual_seed(CONFIG.seed * 1_000_003)
     assert torch.equal(binarized.args[0], binarize_sample(x, g))
     assert binarized.args[1] is y
+
+
+def test_refine_on_a_tuple_equals_refine_on_the_packed_tensor():
+    from ppvae.guides.refine import refine
+
+    (x, y), packed = _data(), _split("packed").train
+    _trained("packed")
+    found = []
+    for pair, data in (((packed_model, packed_guide), packed), ((model, guide), (x, y))):
+        torch.manual_seed(5)
+        found.append(refine(*pair, data, steps=20, eval_samples=10, seed=1))
+    for one, two in zip(*found, strict=True):
+        if torch.is_tensor(one):
+            torch.testing.assert_close(one, two, rtol=0, atol=1e-6)
+    assert (found[1].refined_elbo >= found[1].amortized_elbo).all()

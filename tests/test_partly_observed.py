@@ -151,3 +151,13 @@ def test_a_fit_with_an_auxiliary_loss_resumes_exactly(tmp_path):
     assert pyro.param("c").item() != c
     fit(model, guide, (x, y), CONFIG, aux=aux, checkpoint=path, resume=True)
     assert pyro.param("c").item() == c
+
+
+def test_evaluate_scores_each_group_without_its_unobserved_arguments():
+    from ppvae.evaluation.metrics import evaluate
+
+    x, y = _data()
+    row = evaluate(model, guide, {"x": x, "y": y}, num_samples=5)
+    assert row.log_px.item() == pytest.approx(exact_log_p(x, y).mean().item(), abs=1e-5)
+    assert row.active_units.item() == 2  # z and y, latent on the 30 rows without y
+    assert "accuracy" not in row  # y is continuous: not a label

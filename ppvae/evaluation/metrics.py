@@ -116,7 +116,8 @@ def evaluate(
     log p(observed sites | the arguments the model conditions on), the sites the model
     observes given every argument (for a conditional model, log p(y | x); with global latents,
     per row under q(theta), see :mod:`ppvae.evaluation.bounds`); rows with an unobserved
-    argument are scored without it. When an argument is a label
+    argument are scored without it (and the active units counted on the largest group of
+    rows alike). When an argument is a label
     (:mod:`ppvae.evaluation.labels`: a discrete site the guide samples when it is None),
     ``log_px_unlabelled``, its ``_stderr`` and ``accuracy`` are added. ``bits_per_dim`` is NaN.
     """
@@ -131,10 +132,28 @@ def evaluate(
         "log_px_sd": ll.log_px.std().item(),
         "bits_per_dim": bits_per_dim(log_px, scored_dims(x), levels),
         "num_samples": num_samples,
-        "active_units": active_units(guide, x, idx=idx, plate=plate)[0],
+        "active_units": _units(guide, x, idx, plate),
     }
     row |= label_columns(model, guide, x, num_samples, plate)  # M2-like data: {} otherwise
     return pd.DataFrame([row])
+
+
+def _largest_group(x, idx):
+    """(rows, idx) as the guide is called on them: with arguments unobserved on some rows
+    (:mod:`ppvae.data.rows`), the largest group of rows, its unobserved arguments None."""
+    if not isinstance(x, Rows):
+        return x, idx
+    groups = x.groups()
+    if all(all(g.present) for g in groups):
+        return x, idx
+    g = max(groups, key=lambda g: len(g.rows))
+    rows = g.rows.to(x.device)
+    return x[rows].present(g.present), None if idx is None else idx[rows]
+
+
+def _units(guide, x, idx, plate: str) -> int:
+    rows, sub = _largest_group(x, idx)
+    return active_units(guide, rows, idx=sub, plate=plate)[0]
 
 
 def scored_dims(x: torch.Tensor) -> float:
