@@ -54,7 +54,8 @@ from ppvae.experiments.saved_runs import (
     saved_run,
 )
 from ppvae.infer.callbacks import Callback, CallbackList
-from ppvae.infer.fitting import FitResult, fit, holding, resolve_device
+from ppvae.infer.fitting import FitResult, fit, resolve_device
+from ppvae.infer.holding import holding
 from ppvae.infer.loop import HISTORY_COLUMNS
 from ppvae.infer.resume import check_compatible
 from ppvae.outputs import Staging, check_output_dir, is_lock_file, resolve_link

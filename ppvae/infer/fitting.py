@@ -7,8 +7,6 @@ are index tensors into data already on the training device; there is no DataLoad
 import os
 import sys
 from collections.abc import Callable
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -19,10 +17,11 @@ from tqdm.auto import tqdm
 from ppvae import distributed
 from ppvae.config import ConfigError
 from ppvae.data import Dataset, Rows, as_rows, validate_data
-from ppvae.errors import ModelGuideError, OutputError
+from ppvae.errors import ModelGuideError
 from ppvae.infer import checkpoint as ckpt
 from ppvae.infer.callbacks import Callback, CallbackList, TrainingStart
 from ppvae.infer.groups import aux_losses, check_supported, combined_loss, layout_for
+from ppvae.infer.holding import CHECKPOINT_HINT, check_checkpoint_path, holding
 from ppvae.infer.loop import (
     HISTORY_COLUMNS,
     DeferredInterrupt,
@@ -35,7 +34,6 @@ from ppvae.infer.loop import (
 )
 from ppvae.infer.resume import restore, state
 from ppvae.infer.settings import FitConfig, FitResult, resolve_device
-from ppvae.outputs import OutputLock
 from ppvae.pairs import (
     SUBSAMPLED,
     batched,
@@ -236,7 +234,7 @@ def fit(
     Errors that every rank meets together (mismatched data, a non-finite loss) are raised on
     every rank and end no process (see :func:`ppvae.distributed.stopping_together`).
     """
-    _check_checkpoint_path(checkpoint)
+    check_checkpoint_path(checkpoint)
     path = None if checkpoint is None else os.fspath(checkpoint)  # a Staging's path, shown
     with (
         distributed.stopping_together(),  # one rank's error ends the ranks waiting for it
@@ -247,47 +245,6 @@ def fit(
             run_info = dict(run_info or {})
         args = (checkpoint, resume, progress, on_epoch, run_info, aux, hooks)
         return _fit(model, guide, data, config, *args)
-
-
-CHECKPOINT_HINT = "wait for it to finish, or give this fit another checkpoint path"
-
-
-def _check_checkpoint_path(checkpoint: str | os.PathLike | None) -> None:
-    """Refuse, before any work, a checkpoint path no epoch could be saved to."""
-    if checkpoint is None:
-        return
-    path = Path(os.fspath(checkpoint))
-    if path.is_dir():
-        raise ConfigError(
-            f"checkpoint={checkpoint} is a folder: give a file path, such as "
-            f"{path / 'checkpoint.pt'}"
-        )
-    if not path.absolute().parent.is_dir():
-        raise ConfigError(f"checkpoint={checkpoint}: the folder {path.parent} does not exist")
-
-
-@contextmanager
-def holding(target: str | os.PathLike | None, what: str, hint: str = ""):
-    """Hold ``target`` against other processes (:class:`~ppvae.outputs.OutputLock`) for the
-    block: rank 0 (the one that writes) takes the lock, and under torch.distributed every rank
-    learns whether it could, so all refuse together. ``None`` holds nothing."""
-    lock = OutputLock(target, what, hint) if target is not None and distributed.is_main() else None
-    refusal = None
-    try:
-        if lock is not None:
-            lock.acquire()
-    except OutputError as err:
-        refusal = str(err)
-    refusals = [r for r in distributed.gather_objects(refusal) if r]
-    if refusals:
-        if lock is not None:
-            lock.release()
-        raise OutputError(refusals[0], every_rank=True)
-    try:
-        yield
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _fit(
