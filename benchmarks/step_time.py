@@ -28,7 +28,7 @@ first call's seconds (compilation, for the compiled modes). A peer that cannot b
 run is a row that says why. Writes ``benchmarks/results/step_time_<device>.{csv,md}``::
 
     pip install -e .[bench]   # numpyro, jax[cpu], pythae
-    python benchmarks/step_time.py [--threads 1 2] [--batch-sizes 128 1024] [--rounds 15]
+    python benchmarks/step_time.py [--threads 1 2] [--batch-sizes 128 1024] [--rounds 15] [--keep]
 """
 
 import argparse
@@ -43,6 +43,10 @@ import time
 import warnings
 from pathlib import Path
 
+# isort: off
+import ppvae  # noqa: F401  (before torch, as in a ppvae user's script: OpenMP's passive wait)
+
+# isort: on
 import pandas as pd
 import pyro
 import pyro.distributions as dist
@@ -431,6 +435,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--steps", type=int, default=20, help="steps per timed block")
     p.add_argument("--only", nargs="*", help="run only these variants")
+    p.add_argument(
+        "--keep", action="store_true", help="keep the saved rows of the settings not run"
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batch-size", type=int, default=128, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -448,7 +455,9 @@ def main() -> None:
                 cmd += ["--only", *args.only] if args.only else []
                 subprocess.run(cmd, env=jax_env(threads), check=True, stdout=subprocess.DEVNULL)
                 raw = pd.DataFrame(json.loads(Path(out.name).read_text()))
-            tables.append(summarize(raw, threads, batch))
+            table = summarize(raw, threads, batch)
+            table.insert(2, "rounds_x_steps", f"{args.rounds}x{args.steps}")
+            tables.append(table)
             print(tables[-1].to_markdown(index=False, floatfmt=".4g"), flush=True)
     write(pd.concat(tables, ignore_index=True), args, resolve_device(args.device))
 
@@ -457,6 +466,12 @@ def write(table: pd.DataFrame, args, device) -> None:
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"step_time_{device.type}"
     table["device"] = device_name(device)
+    if args.keep and Path(f"{stem}.csv").exists():  # settings not re-measured keep their rows
+        old = pd.read_csv(f"{stem}.csv")
+        new = set(zip(table.threads, table.batch, strict=True))
+        kept = [(t, b) not in new for t, b in zip(old.threads, old.batch, strict=True)]
+        table = pd.concat([old[kept], table], ignore_index=True)
+        table = table.sort_values(["threads", "batch"], kind="stable")
     table.to_csv(f"{stem}.csv", index=False)
     versions = f"torch {torch.__version__}, pyro {pyro.__version__}"
     for name in ("jax", "numpyro", "pythae"):
@@ -467,12 +482,13 @@ def write(table: pd.DataFrame, args, device) -> None:
     note = (
         f"784-400-50 Bernoulli VAE, Adam lr {LR}, statically binarized Fashion-MNIST; "
         f"{device_name(device)}; each (threads, batch) setting in its own process, "
-        f"{args.rounds} interleaved rounds of {args.steps} steps per variant; median ms per "
+        f"interleaved rounds x steps per variant as stated; median ms per "
         f"step (wall, and the process's CPU time), interquartile range, ratio of medians to "
         f"'{REFERENCE}'; s_per_epoch = 60000 // batch steps x the median step (batch fetching "
         f"included); first_call_s = the first step (compilation); {versions}. "
         f"One thread: torch.set_num_threads(1) and XLA_FLAGS=--xla_cpu_multi_thread_eigen=false "
-        f"intra_op_parallelism_threads=1.\n\n"
+        f"intra_op_parallelism_threads=1. The script imports ppvae first, so every torch row "
+        f"runs with ppvae's OMP_WAIT_POLICY=PASSIVE (ppvae/threads.py).\n\n"
     )
     text = note + table.drop(columns="device").to_markdown(index=False, floatfmt=".4g") + "\n"
     Path(f"{stem}.md").write_text(text)
