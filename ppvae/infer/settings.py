@@ -64,6 +64,13 @@ class FitConfig(JsonConfig):
         The name of the model's plate over the examples. A plate sized by the batch
         (``pyro.plate("data", x.shape[0])``, as in Pyro's tutorials) is scaled to the data set.
 
+    Notes
+    -----
+    On the CPU, threads are torch's own (``torch.set_num_threads``, one per core by default);
+    on a machine other processes load, fewer threads are faster, and ``import ppvae`` before
+    torch makes idle OpenMP threads sleep instead of spin (:mod:`ppvae.threads`), without
+    which two threads on a loaded two-core machine ran 16x slower.
+
     Examples
     --------
     >>> FitConfig(epochs=2, objective="iwae", num_particles=5).objective
