@@ -32,7 +32,7 @@ class FitConfig(JsonConfig):
     jit : bool
         Compile the training loss with ``torch.jit.trace`` (through ``pyro.ops.jit``): the
         Python work of Pyro's traces is done once, and each step replays the recorded
-        operations. Faster than eager on the CPU for small batches (about 10% less CPU time a
+        operations. Faster than eager on the CPU for small batches (11-15% less CPU time a
         step for a 784-400-50 VAE at batch 128, none at 1024:
         ``benchmarks/results/step_time_cpu.md``; the same loss and gradients as eager to
         float32 rounding; its first call traces, 0.1-0.6 s); for the objectives whose loss
