@@ -18,6 +18,7 @@ The Python API in brief::
 
 from importlib import metadata as _metadata
 
+import ppvae.threads  # noqa: F401  (first: before anything loads torch's OpenMP)
 from ppvae.config import ArchConfig, ConfigError, DataShape
 from ppvae.data import DataError, Dataset, load_dataset
 from ppvae.evaluation.bounds import elbo_terms, log_likelihood

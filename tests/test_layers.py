@@ -27,6 +27,7 @@ LAYERS = [
             "ppvae.distributed",
             "ppvae.outputs",
             "ppvae.seeding",
+            "ppvae.threads",
         ],
     ),
     ("data", ["ppvae.data"]),

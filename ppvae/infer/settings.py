@@ -32,9 +32,15 @@ class FitConfig(JsonConfig):
     jit : bool
         Compile the training loss with ``torch.jit.trace`` (through ``pyro.ops.jit``): the
         Python work of Pyro's traces is done once, and each step replays the recorded
-        operations. Faster than eager on the CPU (``benchmarks/step_time.py``); for the
-        objectives whose loss ppvae builds itself (trace, mean-field, iwae, score), without a
-        KL warm-up (the weight would be compiled in), on models of static structure.
+        operations. Faster than eager on the CPU for small batches (11-15% less CPU time a
+        step for a 784-400-50 VAE at batch 128, none at 1024:
+        ``benchmarks/results/step_time_cpu.md``; the same loss and gradients as eager to
+        float32 rounding; its first call traces, 0.1-0.6 s); for the objectives whose loss
+        ppvae builds itself (trace, mean-field, iwae, score), without a KL warm-up (the weight
+        would be compiled in), on models of static structure. Not the default: a trace
+        records one path, so a pair whose structure depends on the data would replay the
+        wrong one without an error. (Measured and not offered: ``torch.compile`` of the whole
+        step, oneDNN's matmul and transposed weights, none faster than eager here.)
     beta : float
         Weight of the KL term (beta-VAE; 1 is the ELBO).
     kl_warmup_epochs : int
@@ -57,6 +63,13 @@ class FitConfig(JsonConfig):
     plate : str
         The name of the model's plate over the examples. A plate sized by the batch
         (``pyro.plate("data", x.shape[0])``, as in Pyro's tutorials) is scaled to the data set.
+
+    Notes
+    -----
+    On the CPU, threads are torch's own (``torch.set_num_threads``, one per core by default);
+    on a machine other processes load, fewer threads are faster, and ``import ppvae`` before
+    torch makes idle OpenMP threads sleep instead of spin (:mod:`ppvae.threads`), without
+    which two threads on a loaded two-core machine ran 16x slower.
 
     Examples
     --------

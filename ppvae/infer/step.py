@@ -18,14 +18,23 @@ from ppvae.pairs.objectives import OBJECTIVES, LatentScale
 
 def _compiled(loss: Callable) -> Callable:
     """``loss(x, idx, num_data)`` traced once by ``torch.jit.trace`` (``pyro.ops.jit``, which
-    passes the param store's tensors in as inputs), then replayed: random draws stay random."""
+    passes the param store's tensors in as inputs), then replayed: random draws stay random.
+
+    Tracing runs the loss twice more, on a forked random state: every call, the first too,
+    draws from the generator what one eager call would, so a resumed run (which compiles
+    mid-stream) draws what the uninterrupted one did."""
     compiled = pyro.ops.jit.trace(
         lambda x, idx, num_data=None: loss(x, idx, num_data), ignore_warnings=True
     )
+    traced = set()
 
     def call(x, idx, num_data):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit's deprecation
+            if num_data not in traced:  # pyro.ops.jit traces anew for each num_data
+                with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+                    compiled(x, idx, num_data=num_data)
+                traced.add(num_data)
             return compiled(x, idx, num_data=num_data)
 
     return call
