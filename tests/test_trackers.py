@@ -248,3 +248,42 @@ def test_a_run_stopped_by_ctrl_c_and_resumed_is_one_tracked_run(tracked, tmp_pat
         assert same_points(scalars(acc, column), history_points(history, column)), column
         logged = [(m.step, m.value) for m in client.get_metric_history(run_id, column)]
         assert same_points(sorted(logged), history_points(history, column), rel=1e-12), column
+
+
+def test_a_fit_that_fails_leaves_its_tracked_runs_failed_with_the_epochs_before(tmp_path):
+    """A model that breaks in epoch 2: fit raises its error, and both trackers hold epoch 1,
+    the MLflow run FAILED (not RUNNING for ever)."""
+    import pyro
+    import pyro.distributions as dist
+    import torch
+
+    from ppvae.experiments.trackers import MLflowTracker, TensorBoardTracker
+    from ppvae.infer.fitting import FitConfig, fit
+
+    broken = {"now": False}
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(x.shape[1]))
+        if broken["now"]:
+            raise RuntimeError("the model broke")
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pass
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trackers = [TensorBoardTracker(tmp_path / "tb", "broken"), MLflowTracker(uri)]
+    with pytest.raises(RuntimeError, match="the model broke"):
+        fit(
+            model,
+            guide,
+            torch.randn(40, 3),
+            FitConfig(epochs=3, batch_size=20, device="cpu"),
+            on_epoch=lambda history: broken.update(now=True),
+            callbacks=trackers,
+        )
+    client, run = only_run(uri, "ppvae")
+    assert run.info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_elbo")] == [1]
+    assert [s for s, _ in scalars(events(tmp_path / "tb" / "broken"), "train_elbo")] == [1]

@@ -154,6 +154,9 @@ class TensorBoardTracker(Callback):
             self._image(png, step)
         self.writer.close()
 
+    def on_train_error(self, error: BaseException) -> None:
+        self.writer.close()  # what was logged stays: the epochs before the error
+
     def _image(self, png: Path, step: int) -> None:
         import matplotlib.image
 
@@ -277,6 +280,9 @@ class MLflowTracker(Callback):
         for path in [] if out is None else outputs(out):
             self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, "KILLED" if result.interrupted else "FINISHED")
+
+    def on_train_error(self, error: BaseException) -> None:
+        self.client.set_terminated(self.run_id, "FAILED")
 
     def log_row(self, name: str, values: dict, row: dict, files: list[Path], history=None):
         """One table row as its own run named ``name``: ``values`` as params, the row's

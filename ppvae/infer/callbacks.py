@@ -82,6 +82,10 @@ class Callback:
         """Training ended (``result.interrupted`` after Ctrl-C). ``out`` is the run folder when
         ``ppvae train`` calls it, once the folder's metrics and pictures are written."""
 
+    def on_train_error(self, error: BaseException) -> None:
+        """Training stopped on ``error`` (a non-finite loss, a failing model...): ``fit`` raises
+        it once the callbacks have heard, so a tracker can mark its run failed."""
+
 
 class CallbackList:
     """The callbacks of one run, each called behind a guard: the first exception a callback
@@ -142,6 +146,9 @@ class CallbackList:
 
     def checkpoint(self, path) -> None:
         self.call("on_checkpoint", Path(path))
+
+    def failed(self, error: BaseException) -> None:
+        self.call("on_train_error", error)
 
     def end(self, result, out: Path | None = None, *, outputs: bool = False) -> None:
         if self.outputs_follow and not outputs:

@@ -309,7 +309,11 @@ def _fit(
         )
         loop.saved_epoch = status.epoch if resume else None
         loop.checkpointing = checkpoint is not None
-        stopped = loop.run()
+        try:
+            stopped = loop.run()
+        except Exception as err:  # the trackers mark their run failed; fit still raises
+            hooks.failed(err)
+            raise
     result = FitResult(_history(status, step), model, guide, config, interrupted=stopped)
     hooks.end(result)
     return result
