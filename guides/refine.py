@@ -76,8 +76,10 @@ class FreeGuide:
     def params(self) -> list[torch.Tensor]:
         return [t for site in self.sites for t in site.free]
 
-    def __call__(self, x, idx=None, num_data=None):
-        rows = torch.arange(self.num_rows, device=x.device) if idx is None else idx
+    def __call__(self, *data, idx=None, num_data=None, **named):
+        # data: the model's arguments (one tensor, or several: ppvae.data.Rows), unread here
+        device = next(t for t in (*data, *named.values()) if t is not None).device
+        rows = torch.arange(self.num_rows, device=device) if idx is None else idx
         # sized as the model's data plate is (the batch, or num_data), so any subset of rows
         # (a probe, a chunk of an evaluation) scales both alike
         size = rows.shape[0] if num_data is None else num_data
@@ -179,7 +181,7 @@ def _step(loss_fn, model, local: FreeGuide, x: torch.Tensor, optim) -> None:
     """One Adam step on the free parameters only (autograd.grad leaves the model's ``.grad``
     untouched, so nothing else moves or accumulates)."""
     params = local.params()
-    loss = loss_fn.differentiable_loss(model, local, x, None, None)
+    loss = loss_fn.differentiable_loss(model, batched(local, local.plate), x, None, None)
     for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
         p.grad = g
     optim.step()

@@ -12,6 +12,7 @@ from ppvae.data.dataset import (
     check_rows_observed,
     validate_data,
 )
+from ppvae.data.rows import Group, Rows, as_rows
 from ppvae.data.files import DEBIAN_FASHION_MNIST, IDX_FILES, resolve_root
 from ppvae.data.labels import one_hot, quadrants, with_labels
 from ppvae.data.loaders import DATASETS, load_dataset, synthetic_ppca
@@ -27,6 +28,9 @@ __all__ = [
     "NAN_HINT",
     "DataError",
     "Dataset",
+    "Group",
+    "Rows",
+    "as_rows",
     "binarize_sample",
     "check_rows_observed",
     "dequantize",

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ppvae.data.rows import Rows, as_rows
 from ppvae.errors import DataError, shown
 
 NAN_HINT = (
@@ -90,6 +91,9 @@ def validate_data(
     ppvae.errors.DataError: data must be 2-D (N, D) with one example per row, got shape \
 (3, 2, 2); flatten images to (N, C*H*W) first
     """
+    x = as_rows(x, what)
+    if isinstance(x, Rows):
+        return _validate_rows(x, unit_interval, missing, what)
     if not isinstance(x, Tensor):
         raise DataError(
             f"{what} must be a torch.Tensor, got {type(x).__name__}; "
@@ -107,6 +111,27 @@ def validate_data(
     x = _upcast(x, what)
     _check_values(x, what, unit_interval, missing)
     return x
+
+
+def _validate_rows(rows: Rows, unit_interval: bool, missing: bool, what: str) -> Rows:
+    """Each tensor of ``rows`` checked: floating ones finite but for rows that are all NaN (not
+    observed) and, with ``missing``, NaN entries; ``unit_interval`` applies to the first."""
+    checked = []
+    unobserved = rows.unobserved()
+    for k, (name, t) in enumerate(zip(rows.names, rows.tensors, strict=True)):
+        label = f"{what} ({name})"
+        if t.numel() == 0:
+            raise DataError(f"{label} is empty (shape {tuple(t.shape)})")
+        if t.is_floating_point():
+            t = _upcast(t, label)
+            seen = t[~unobserved[:, k]].reshape(-1, max(1, t[:1].numel()))
+            if seen.numel():
+                _check_values(seen, label, unit_interval and k == 0, missing)
+        checked.append(t)
+    if bool(unobserved.all(1).any()):
+        row = int(unobserved.all(1).nonzero()[0])
+        raise DataError(f"{what}: row {row} has no argument observed (every tensor is all NaN)")
+    return rows.map(lambda t: checked.pop(0))
 
 
 def _upcast(x: Tensor, what: str) -> Tensor:

@@ -11,6 +11,7 @@ import torch
 from pyro import poutine
 
 from ppvae.baselines import independent
+from ppvae.data import Rows
 from ppvae.evaluation.bounds import elbo_terms, log_likelihood, validated_for
 from ppvae.pairs import DEFAULT_PLATE, aside, batched, data_frame, observed_site, sample_sites
 
@@ -128,7 +129,10 @@ def evaluate(
 
 def scored_dims(x: torch.Tensor) -> float:
     """Dimensions per example that log p(x) scores: all of them, or with missing entries (NaN)
-    the observed ones on average (log p(x_obs) is over those alone)."""
+    the observed ones on average (log p(x_obs) is over those alone); NaN for data of several
+    tensors (:class:`~ppvae.data.Rows`), where the model alone says which it scores."""
+    if isinstance(x, Rows):
+        return math.nan
     if not x.is_floating_point() or not x.isnan().any():
         return float(x.shape[1])
     return (~x.isnan()).sum(1).double().mean().item()

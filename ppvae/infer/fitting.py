@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ppvae import distributed
 from ppvae.config import ConfigError
-from ppvae.data import Dataset, validate_data
+from ppvae.data import Dataset, Rows, validate_data
 from ppvae.errors import OutputError
 from ppvae.infer import checkpoint as ckpt
 from ppvae.infer.loop import (
@@ -70,7 +70,7 @@ def _check_objective(config: FitConfig, structure, guide_trace) -> None:
         )
 
 
-def _inputs(data: Dataset | torch.Tensor, model):
+def _inputs(data, model):
     """(train, test or None, dynamic), validated where they are, before anything moves."""
     train, test, dynamic = (
         (data.train, data.test, data.dynamic) if isinstance(data, Dataset) else (data, None, False)
@@ -87,7 +87,9 @@ def _same_on_every_rank(x: torch.Tensor | None, what: str) -> None:
     """Under torch.distributed, ConfigError on every rank unless all were given the same
     ``x`` (as far as its shape and sum tell)."""
     if distributed.ranks().world > 1:
-        summary = None if x is None else (tuple(x.shape), f"{x.double().nansum().item():.9g}")
+        tensors = [] if x is None else x.tensors if isinstance(x, Rows) else [x]
+        total = sum(t.double().nansum().item() for t in tensors)
+        summary = None if x is None else (tuple(x.shape), f"{total:.9g}")
         distributed.same_everywhere(summary, f"{what} (shape, sum)")
 
 
@@ -134,7 +136,7 @@ def training_step(
 def fit(
     model,
     guide,
-    data: Dataset | torch.Tensor,
+    data: Dataset | torch.Tensor | tuple | dict,
     config: FitConfig = FitConfig(),
     *,
     checkpoint: str | os.PathLike | None = None,
@@ -156,7 +158,11 @@ def fit(
         entry left under the same name by an earlier model is replaced by the pair's own.
     data : Dataset or Tensor
         A :class:`~ppvae.data.Dataset` (the test split is evaluated every epoch; a dynamic one
-        is re-binarized every epoch) or a training tensor of shape (N, D).
+        is re-binarized every epoch) or a training tensor of shape (N, D). Data that is more
+        than one tensor (:mod:`ppvae.data.rows`), here or as a Dataset's train and test: a
+        tuple of tensors, passed as ``model(*batch)``, or a dict of tensors, passed as
+        ``model(**batch)``; every tensor has one row per example, and a float tensor's row that
+        is all NaN is not observed for that example (the pair is called with None there).
     config : FitConfig
     checkpoint : path, optional
         Written atomically after every epoch and on Ctrl-C (by rank 0 under

@@ -23,7 +23,7 @@ import pyro.ops.jit
 import torch
 
 from ppvae import distributed
-from ppvae.data import binarize_sample
+from ppvae.data import Rows, binarize_sample
 from ppvae.errors import TrainingError, first_line  # TrainingError: also importable here
 from ppvae.evaluation.bounds import elbo_terms
 from ppvae.infer.step import Step
@@ -118,11 +118,18 @@ def epoch_batches(train: torch.Tensor, dynamic: bool, config, epoch: int):
     Both depend only on (seed, epoch), so a resumed run sees the same batches.
     """
     g = torch.Generator(device=train.device).manual_seed(config.seed * 1_000_003 + epoch)
-    x = binarize_sample(train, g) if dynamic else train
+    x = _binarized(train, g) if dynamic else train
     n = train.shape[0]
     b = min(config.batch_size, n)
     perm = torch.randperm(n, generator=g, device=train.device)
     return x, perm[: n // b * b].view(n // b, b)
+
+
+def _binarized(train, g: torch.Generator):
+    """Dynamic binarization: of the data, or of the first tensor of several (the image)."""
+    if isinstance(train, Rows):
+        return train.with_first(binarize_sample(train.first, g))
+    return binarize_sample(train, g)
 
 
 def kl_weight(config, epoch: int, step: int, steps: int) -> float:

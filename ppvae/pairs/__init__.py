@@ -10,6 +10,7 @@ from ppvae.pairs.calling import (
     aside,
     batched,
     data_frame,
+    signature_target,
 )
 from ppvae.pairs.structure import (
     Structure,
@@ -40,5 +41,6 @@ __all__ = [
     "probe",
     "run_pair",
     "sample_sites",
+    "signature_target",
     "structure",
 ]

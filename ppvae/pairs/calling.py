@@ -23,11 +23,13 @@ import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from ppvae.data.rows import Rows
+
 DEFAULT_PLATE = "data"
 """The name of the plate over examples, unless a config names another."""
 
 
-def _signature_target(fn: Callable) -> Callable:
+def signature_target(fn: Callable) -> Callable:
     """The function whose signature tells the convention: a module's forward, a partial's func."""
     if isinstance(fn, torch.nn.Module):
         return fn.forward
@@ -45,7 +47,7 @@ def accepts_indices(fn: Callable) -> bool:
     (False, True)
     """
     try:
-        params = inspect.signature(_signature_target(fn)).parameters
+        params = inspect.signature(signature_target(fn)).parameters
     except (TypeError, ValueError):  # builtins and some C callables have no signature
         return False
     return "idx" in params and "num_data" in params
@@ -111,13 +113,20 @@ def batched(fn: Callable, plate: str = DEFAULT_PLATE) -> Callable:
         kwargs = {"idx": idx, "num_data": num_data} if indices else {}
         rows = x.shape[0]
         if num_data is None or num_data == rows:
-            return fn(x, **kwargs)
+            return _apply(fn, x, kwargs)
         with DataPlateScale(plate, rows, num_data):
-            return fn(x, **kwargs)
+            return _apply(fn, x, kwargs)
 
     call._ppvae_batched = True  # type: ignore[attr-defined]
     call.__wrapped__ = fn  # type: ignore[attr-defined]
     return call
+
+
+def _apply(fn: Callable, x, kwargs: dict[str, Any]):
+    """``fn(x, **kwargs)``, or for :class:`~ppvae.data.rows.Rows` ``fn(*args, **named, **kwargs)``."""
+    if isinstance(x, Rows):
+        return x.call(fn, **kwargs)
+    return fn(x, **kwargs)
 
 
 def aside(x: torch.Tensor):

@@ -15,6 +15,8 @@ import pyro
 import torch
 from pyro import poutine
 
+from ppvae.data import Rows, as_rows
+from ppvae.data.rows import signature_problem
 from ppvae.errors import ModelGuideError, first_line  # ModelGuideError: also importable here
 from ppvae.pairs import (
     DEFAULT_PLATE,
@@ -23,6 +25,7 @@ from ppvae.pairs import (
     claim_parameters,
     data_frame,
     sample_sites,
+    signature_target,
 )
 from ppvae.pairs.objectives import OBJECTIVES
 from ppvae.pairs.parameter_checks import param_problems
@@ -37,9 +40,15 @@ def _hint(message: str, x: torch.Tensor, who: str, stale: str) -> str:
         )
     if stale:
         return f" ({stale}: call pyro.clear_param_store() first)"
-    if who == "guide" and x.is_floating_point() and bool(x.isnan().any()):
+    if who == "guide" and _has_nan(x):
         return MISSING_HINT
     return ""
+
+
+def _has_nan(x) -> bool:
+    """Whether the data (a tensor, or every tensor of a Rows) has a NaN entry."""
+    tensors = x.tensors if isinstance(x, Rows) else [x]
+    return any(t.is_floating_point() and bool(t.isnan().any()) for t in tensors)
 
 
 def _stale_entries(fn, args) -> str:
@@ -242,7 +251,7 @@ MISSING_HINT = (
 
 
 def _draw_problems(guide_sites, x: torch.Tensor) -> list[str]:
-    hint = MISSING_HINT if bool(x.isnan().any()) else ""
+    hint = MISSING_HINT if _has_nan(x) else ""
     return [
         f"the guide's draw at '{n}' is not finite on this batch{hint}"
         for n, s in guide_sites.items()
@@ -261,6 +270,17 @@ def _reparam_problems(guide_sites, objective: str | None) -> list[str]:
         for n, s in guide_sites.items()
         if not s["fn"].has_rsample and not _is_discrete(s)
     ]
+
+
+def _signature_problems(model, guide, x: Rows) -> list[str]:
+    """The model or guide cannot take the data's tensors (or None for unobserved ones)."""
+    optional = tuple(bool(c) for c in x.unobserved().any(0).tolist())
+    found = []
+    for who, fn in (("model", model), ("guide", guide)):
+        problem = signature_problem(signature_target(fn), x, optional)
+        if problem:
+            found.append(f"the {who}'s signature does not fit the data: {problem}")
+    return found
 
 
 def problems(
@@ -287,6 +307,11 @@ def problems(
     list of str
         One sentence per problem, each saying what to change; empty when the pair is sound.
     """
+    x = as_rows(x, "data")
+    if isinstance(x, Rows):
+        found = _signature_problems(model, guide, x)
+        if found:
+            return found
     args = (x, idx, num_data)
     calls = batched(model, plate), batched(guide, plate)
     claim_parameters(*calls, x, idx)
