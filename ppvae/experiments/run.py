@@ -164,9 +164,30 @@ def _start(run: RunConfig, out: Path, overwrite: bool, progress) -> RunResult:
         staging.discard()  # a no-op once the run has been moved into place
 
 
+def _pretrained(run: RunConfig, data: Dataset, model):
+    """``model``, with the plain network a CVAE builds on trained first (as Pyro's example
+    does, with the run's epochs, batch size, learning rate and seed); other models as they are.
+    """
+    if not hasattr(model, "load_baseline"):
+        return model
+    from ppvae.experiments.conditions import train_baseline
+    from ppvae.models.cvae import BaselineNet
+
+    torch.manual_seed(run.fit.seed)
+    inputs, outputs = data.train
+    net = BaselineNet(inputs.shape[1], run.arch.hidden)
+    f = run.fit
+    net = train_baseline(
+        net, inputs, outputs, epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, seed=f.seed
+    )
+    model.load_baseline(net)
+    return model
+
+
 def _train_new(run: RunConfig, data: Dataset, staging: Staging, progress) -> RunResult:
     pyro.clear_param_store()
     model, guide = build(run, data)
+    model = _pretrained(run, data, model)
     run.save(staging.folder / CONFIG)
 
     def on_epoch(history: pd.DataFrame) -> None:
@@ -191,6 +212,7 @@ def _train_quietly(run: RunConfig, data: Dataset, progress) -> RunResult:
     """A rank other than 0: the same training and evaluation, nothing written."""
     pyro.clear_param_store()
     model, guide = build(run, data)
+    model = _pretrained(run, data, model)
     result = fit(model, guide, data, run.fit, progress=False)
     return _finish(run, data, result, None)
 
@@ -244,7 +266,10 @@ def _finish(run: RunConfig, data: Dataset, result: FitResult, out: Path | None) 
     if result.interrupted:
         return RunResult(result, None, files)
     model, guide = result.model, result.guide
-    test = data.test.to(distributed.local_device(resolve_device(run.fit.device)))
+    device = distributed.local_device(resolve_device(run.fit.device))
+    if isinstance(data.test, tuple):  # labels or conditions: the scores of the pair, no pictures
+        return _finish_more_than_x(run, data, result, out, files, device)
+    test = data.test.to(device)
     metrics, idx = None, None
     if not getattr(guide, "amortized", True) and hasattr(guide, "refined"):
         # a per-datapoint guide has no parameters for the test rows: fit them, model fixed
@@ -260,6 +285,23 @@ def _finish(run: RunConfig, data: Dataset, result: FitResult, out: Path | None) 
             files.append(_write_csv(metrics, out / METRICS))
     if out is not None:
         files += _pictures(result, data, test, out)
+    return RunResult(result, metrics, files)
+
+
+def _finish_more_than_x(run, data: Dataset, result: FitResult, out, files, device):
+    """Metrics of a pair that takes (x, y): ``evaluate`` on the test tuple (for a conditional
+    model its log p(y | x)), and for a classifier guide the test accuracy of q(y | x)."""
+    test = tuple(t.to(device) for t in data.test)
+    with distributed.scoring_together():
+        metrics = evaluate(result.model, result.guide, test, num_samples=run.eval_samples)
+    if hasattr(result.guide, "classify"):
+        with torch.no_grad():
+            right = result.guide.classify(test[0]).cpu() == data.test_labels
+        metrics["accuracy"] = right.double().mean().item()
+    if out is not None:
+        files.append(_write_csv(metrics, out / METRICS))
+        plots.elbo_curve(result.history, out / "elbo.png")
+        files.append(out / "elbo.png")
     return RunResult(result, metrics, files)
 
 
