@@ -12,10 +12,10 @@ from ppvae.data.dataset import (
     check_rows_observed,
     validate_data,
 )
-from ppvae.data.rows import Group, Rows, as_rows
 from ppvae.data.files import DEBIAN_FASHION_MNIST, IDX_FILES, resolve_root
 from ppvae.data.labels import one_hot, quadrants, with_labels
 from ppvae.data.loaders import DATASETS, load_dataset, synthetic_ppca
+from ppvae.data.rows import Group, Rows, as_rows
 from ppvae.data.transforms import BINARIZATIONS, binarize_sample, dequantize
 from ppvae.errors import DataError  # importable from here too (its old home)
 

@@ -71,11 +71,19 @@ class Rows:
     # --- what the pipeline reads of one tensor ---
     @property
     def tensors(self) -> list[Tensor]:
-        return [*self.args, *self.kwargs.values()]
+        """The tensors, positional ones first (those passed as None left out)."""
+        return [t for t in (*self.args, *self.kwargs.values()) if t is not None]
+
+    def _entries(self) -> list[tuple[str, str, Tensor]]:
+        """(name in messages, short name, tensor) of each tensor not passed as None."""
+        found = [(f"argument {i}", f"arg{i}", t) for i, t in enumerate(self.args)]
+        found += [(k, k, v) for k, v in self.kwargs.items()]
+        return [e for e in found if e[2] is not None]
 
     @property
     def names(self) -> list[str]:
-        return [*(f"argument {i}" for i in range(len(self.args))), *self.kwargs]
+        """How messages name each tensor: ``argument i`` (positional) or its keyword."""
+        return [e[0] for e in self._entries()]
 
     @property
     def first(self) -> Tensor:
@@ -108,8 +116,14 @@ class Rows:
         return f"Rows(args={shapes}, kwargs={named})"
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> "Rows":
-        """A Rows with ``fn`` applied to every tensor."""
-        return Rows(tuple(fn(t) for t in self.args), {k: fn(v) for k, v in self.kwargs.items()})
+        """A Rows with ``fn`` applied to every tensor (an argument passed as None stays None)."""
+
+        def each(t):
+            return None if t is None else fn(t)
+
+        return Rows(
+            tuple(each(t) for t in self.args), {k: each(v) for k, v in self.kwargs.items()}
+        )
 
     def __getitem__(self, idx) -> "Rows":
         return self.map(lambda t: t[idx])
@@ -171,7 +185,7 @@ class Rows:
 
     def keys(self) -> list[str]:
         """Each tensor's short name: ``argN`` for positional ones, the keyword otherwise."""
-        return [*(f"arg{i}" for i in range(len(self.args))), *self.kwargs]
+        return [e[1] for e in self._entries()]
 
     def present(self, present: tuple[bool, ...]) -> "Rows":
         """These rows with the tensors that ``present`` marks False passed as None."""
@@ -226,8 +240,11 @@ def signature_problem(fn: Callable, rows: Rows, optional: tuple[bool, ...] = ())
     except TypeError as err:
         return f"it cannot be called with this data ({err})"
     params = sig.parameters
-    names = [*list(params)[: len(rows.args)], *rows.kwargs]
-    for name, maybe_none in zip(names, optional or (False,) * len(rows.tensors)):
+    positional = list(params)
+    names = [positional[i] if i < len(positional) else "" for i, t in enumerate(rows.args)]
+    names = [n for n, t in zip(names, rows.args, strict=True) if t is not None]
+    names += [k for k, v in rows.kwargs.items() if v is not None]
+    for name, maybe_none in zip(names, optional or (False,) * len(names), strict=False):
         if maybe_none and name in params and params[name].default is inspect.Parameter.empty:
             return (
                 f"'{name}' has rows that are all NaN (not observed), but the signature has no "

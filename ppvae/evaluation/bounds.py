@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ppvae import distributed
-from ppvae.data import validate_data
+from ppvae.data import Rows, as_rows, validate_data
 from ppvae.pairs import DEFAULT_PLATE, aside
 from ppvae.pairs.checker import check
 from ppvae.pairs.scoring import PROBE_ROWS, ScoredPair, draws, scored_pair
@@ -147,6 +147,10 @@ def elbo_terms(
         Three tensors of shape (N,), in nats. With enumerated discrete latents, the
         reconstruction is log p(x | z) with them summed out and the KL is log q(z|x) - log p(z).
     """
+    options = {"num_samples": num_samples, "analytic": analytic, "plate": plate}
+    grouped = by_group(elbo_terms, model, guide, x, idx, **options)
+    if grouped is not None:
+        return grouped
     x = _checked(model, guide, x, idx, plate)
     pair = scored_pair(model, guide, x, idx, plate)
     n, (x, idx) = x.shape[0], _shard(x, idx)
@@ -159,6 +163,33 @@ def elbo_terms(
     columns = zip(*parts, strict=True) if parts else ((), ())
     rec, kl = (distributed.gather_rows(cat_rows(t, x), n) for t in columns)
     return ElboTerms(rec - kl, rec, kl)
+
+
+def by_group(score, model, guide, x, idx, **options):
+    """``score`` of data with unobserved arguments (all-NaN rows of a tensor, see
+    :mod:`ppvae.data.rows`): each group of rows scored with its unobserved arguments None,
+    the per-row results put back in row order. None when every argument of every row is
+    observed (then ``score`` scores the data as it is)."""
+    x = as_rows(x, "evaluation data")
+    if not isinstance(x, Rows):
+        return None
+    groups = x.groups()
+    if all(all(g.present) for g in groups):
+        return None
+    done = []
+    for g in groups:
+        sub = None if idx is None else idx[g.rows.to(idx.device)]
+        rows = x[g.rows.to(x.device)].present(g.present)
+        done.append((g.rows.to(x.device), score(model, guide, rows, idx=sub, **options)))
+    fields = {}
+    for name, value in done[0][1]._asdict().items():
+        if not torch.is_tensor(value):
+            fields[name] = value
+            continue
+        fields[name] = value.new_zeros(len(x))
+        for rows, result in done:
+            fields[name][rows] = getattr(result, name)
+    return type(done[0][1])(**fields)
 
 
 def cat_rows(tensors, like: torch.Tensor) -> torch.Tensor:
@@ -229,6 +260,10 @@ def log_likelihood(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    options = {"num_samples": num_samples, "progress": progress, "plate": plate}
+    grouped = by_group(log_likelihood, model, guide, x, idx, **options)
+    if grouped is not None:
+        return grouped
     x = _checked(model, guide, x, idx, plate)
     pair = scored_pair(model, guide, x, idx, plate)
     n, (x, idx) = x.shape[0], _shard(x, idx)

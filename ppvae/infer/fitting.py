@@ -18,9 +18,10 @@ from tqdm.auto import tqdm
 
 from ppvae import distributed
 from ppvae.config import ConfigError
-from ppvae.data import Dataset, Rows, validate_data
-from ppvae.errors import OutputError
+from ppvae.data import Dataset, Rows, as_rows, validate_data
+from ppvae.errors import ModelGuideError, OutputError
 from ppvae.infer import checkpoint as ckpt
+from ppvae.infer.groups import check_supported, grouped_loss, layout_for
 from ppvae.infer.loop import (
     HISTORY_COLUMNS,
     DeferredInterrupt,
@@ -29,11 +30,13 @@ from ppvae.infer.loop import (
     Step,
     TrainingError,
     epoch_batches,
+    history_columns,
 )
 from ppvae.infer.resume import restore, state
 from ppvae.infer.settings import FitConfig, FitResult, resolve_device
 from ppvae.outputs import OutputLock
 from ppvae.pairs import (
+    SUBSAMPLED,
     batched,
     data_frame,
     param_tensors,
@@ -41,6 +44,7 @@ from ppvae.pairs import (
     probe,
     run_pair,
     sample_sites,
+    self_subsampled,
 )
 from ppvae.pairs.checker import check
 
@@ -106,28 +110,31 @@ def training_step(
     """
     device = distributed.local_device(resolve_device(config.device))
     calls = batched(model, config.plate), batched(guide, config.plate)
-    train = train.to(device)
+    train = as_rows(train, "training data").to(device)  # a tuple or dict: several tensors
     _same_on_every_rank(train, "training data")
-    x, batches = epoch_batches(train, dynamic, config, 0)
+    layout = layout_for(train, config.batch_size)  # None unless some arguments are unobserved
+    check_supported(layout, config, distributed.ranks().world)
+    x, batches = epoch_batches(train, dynamic, config, 0, layout)
     batches = distributed.shard_batches(batches)  # this rank's share of each global batch
-    batch = (x[batches[0]], batches[0])
-    place(model, guide, batch[0], device, config.plate, idx=batch[1])
-    n = train.shape[0]
-    check(
-        model,
-        guide,
-        batch[0],
-        idx=batch[1],
-        num_data=n,
-        objective=config.objective,
-        plate=config.plate,
-    )
-    structure = probe(*calls, *batch, plate=config.plate)
-    traces = run_pair(*calls, *batch)
-    _check_objective(config, structure, traces[1])
-    nesting = max(1, structure.max_plate_nesting)
-    tensors = param_tensors(*traces)
+    parts = [(x[batches[0]], batches[0], train.shape[0])]
+    if layout is not None:
+        parts = layout.parts(*parts[0][:2])
+    nesting, tensors, subsampled = 1, {}, None
+    for rows, idx, n in parts:  # each group of rows, called as its steps call it
+        place(model, guide, rows, device, config.plate, idx=idx)
+        check(
+            model, guide, rows, idx=idx, num_data=n, objective=config.objective, plate=config.plate
+        )
+        structure = probe(*calls, rows, idx, plate=config.plate)
+        traces = run_pair(*calls, rows, idx)
+        _check_objective(config, structure, traces[1])
+        nesting = max(nesting, structure.max_plate_nesting)
+        tensors |= param_tensors(*traces)
+        subsampled = subsampled or self_subsampled(traces[0], config.plate)  # Pyro's own
     step = Step(*calls, {k: v for k, v in tensors.items() if v.requires_grad}, config, nesting)
+    step.subsampled, step.layout = subsampled, layout
+    if layout is not None:
+        step.loss = grouped_loss(step.loss, layout, config.plate)
     # every rank starts from rank 0's values, the frozen ones and module buffers included
     distributed.broadcast_state(list(tensors.values()), (model, guide))
     return step
@@ -269,6 +276,9 @@ def _fit(
     train, test, dynamic = _inputs(data, model)
     train, test = train.to(device), None if test is None else test.to(device)
     step = training_step(model, guide, train, config, dynamic=dynamic)
+    if test is not None and step.subsampled is not None:
+        what = "the test ELBO of every epoch"
+        raise ModelGuideError(SUBSAMPLED.format(b=step.subsampled, plate=config.plate, what=what))
     _same_on_every_rank(test, "test data")
     n, b = train.shape[0], min(config.batch_size, train.shape[0])
     pyro.set_rng_seed(config.seed + distributed.ranks().rank)  # each rank its own draws
@@ -319,5 +329,5 @@ def _fit(
         loop.saved_epoch = status.epoch if resume else None
         loop.checkpointing = checkpoint is not None
         stopped = loop.run()
-    history = pd.DataFrame(status.rows, columns=HISTORY_COLUMNS)
+    history = pd.DataFrame(status.rows, columns=history_columns(step))
     return FitResult(history, model, guide, config, interrupted=stopped)

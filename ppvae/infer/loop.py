@@ -26,6 +26,7 @@ from ppvae import distributed
 from ppvae.data import Rows, binarize_sample
 from ppvae.errors import TrainingError, first_line  # TrainingError: also importable here
 from ppvae.evaluation.bounds import elbo_terms
+from ppvae.infer.groups import stratified_batches
 from ppvae.infer.step import Step
 from ppvae.pairs import aside
 
@@ -49,6 +50,12 @@ loss over the epoch's steps (the objective as trained: KL weighted by beta, or t
 warm-up it is the ELBO (beta = 1) of the epoch's last batch, scored after the epoch's steps with
 ``test_samples`` samples per row (one forward pass, so a weighted run's history still says how
 well it models the data)."""
+
+
+def history_columns(step: Step) -> list[str]:
+    """:data:`HISTORY_COLUMNS`, and with groups of rows a ``batch_rows_<group>`` column each."""
+    layout = getattr(step, "layout", None)
+    return HISTORY_COLUMNS + ([] if layout is None else list(layout.columns))
 
 
 @dataclass
@@ -112,15 +119,19 @@ class DeferredInterrupt:
                 signal.signal(s, handler)
 
 
-def epoch_batches(train: torch.Tensor, dynamic: bool, config, epoch: int):
+def epoch_batches(train: torch.Tensor, dynamic: bool, config, epoch: int, layout=None):
     """The epoch's (possibly re-binarized) data and its shuffled batches of indices.
 
-    Both depend only on (seed, epoch), so a resumed run sees the same batches.
+    Both depend only on (seed, epoch), so a resumed run sees the same batches. With a
+    ``layout`` (data with unobserved arguments), the batches are stratified by group
+    (:func:`ppvae.infer.groups.stratified_batches`).
     """
     g = torch.Generator(device=train.device).manual_seed(config.seed * 1_000_003 + epoch)
     x = _binarized(train, g) if dynamic else train
     n = train.shape[0]
     b = min(config.batch_size, n)
+    if layout is not None:
+        return x, stratified_batches(layout, n, b, g)
     perm = torch.randperm(n, generator=g, device=train.device)
     return x, perm[: n // b * b].view(n // b, b)
 
@@ -228,7 +239,8 @@ class Loop:
 
     def _epoch(self, epoch: int) -> bool:
         p, n = self.progress, self.train.shape[0]
-        x, batches = epoch_batches(self.train, self.dynamic, self.config, epoch)
+        layout = self.step.layout
+        x, batches = epoch_batches(self.train, self.dynamic, self.config, epoch, layout)
         batches = distributed.shard_batches(batches)  # this rank's share of each batch
         losses = torch.zeros(len(batches), device=self.train.device, dtype=self.train.dtype)
         first, checked = p.step, p.step
@@ -259,6 +271,7 @@ class Loop:
         with distributed.scoring_together():  # every rank scores its share of the test set
             row |= _test_row(self.model, self.guide, self.test, self.config)
         row |= {"beta": self.step.scale.value, "seconds": time.perf_counter() - start}
+        row |= {} if layout is None else layout.columns  # rows of each group a step saw
         self._finish_epoch(row)
         return False
 
@@ -319,4 +332,4 @@ class Loop:
             self.saved_epoch = p.epoch
         self.bar.set_postfix(epoch=row["epoch"], test_elbo=f"{row['test_elbo']:.2f}")
         if self.on_epoch is not None:
-            self.on_epoch(pd.DataFrame(p.rows, columns=HISTORY_COLUMNS))
+            self.on_epoch(pd.DataFrame(p.rows, columns=history_columns(self.step)))

@@ -5,11 +5,14 @@ checker. Imports only ``ppvae.data`` and the foundation modules.
 
 from ppvae.pairs.calling import (
     DEFAULT_PLATE,
+    SUBSAMPLED,
     DataPlateScale,
     accepts_indices,
     aside,
+    batch_sized,
     batched,
     data_frame,
+    self_subsampled,
     signature_target,
 )
 from ppvae.pairs.structure import (
@@ -28,9 +31,11 @@ from ppvae.pairs.structure import (
 __all__ = [
     "DEFAULT_PLATE",
     "DataPlateScale",
+    "SUBSAMPLED",
     "Structure",
     "accepts_indices",
     "aside",
+    "batch_sized",
     "batched",
     "claim_parameters",
     "data_frame",
@@ -41,6 +46,7 @@ __all__ = [
     "probe",
     "run_pair",
     "sample_sites",
+    "self_subsampled",
     "signature_target",
     "structure",
 ]

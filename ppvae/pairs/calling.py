@@ -58,7 +58,9 @@ class DataPlateScale(Messenger):
 
     A plate over the batch's B rows (``pyro.plate(name, len(x))``, also with Pyro's own
     ``subsample_size=b``, which Pyro then scales by B / b) gets the factor N / B; a plate over
-    the data set (``pyro.plate(name, N, subsample=idx)``) is left alone: Pyro scales it. Sites
+    the data set (``pyro.plate(name, N, subsample=idx)``) is left alone: Pyro scales it. A plate
+    opened without a size (``pyro.plate(name)``, as Pyro's ss-vae and cvae do) takes its size
+    from the batch, so it is scaled as a batch-sized one. Sites
     outside the plate (global latents) keep weight 1.
 
     Parameters
@@ -89,13 +91,38 @@ class DataPlateScale(Messenger):
         if self.factor == 1.0 or site_is_subsample(msg):
             return
         frame = data_frame(msg, self.plate)
-        if frame is not None and frame.full_size == self.batch_size:
+        if frame is not None and batch_sized(frame, self.batch_size):
             msg["scale"] = msg["scale"] * self.factor
+
+
+def self_subsampled(trace, plate: str) -> int | None:
+    """The ``subsample_size`` b with which the pair's own plate ``plate`` draws b of its rows at
+    random (Pyro's ``pyro.plate(plate, N, subsample_size=b)`` inside the model), or None."""
+    site = trace.nodes.get(plate)
+    if site is None or not site_is_subsample(site):
+        return None
+    fn = site["fn"]
+    drawn = fn.subsample_size is not None and fn.subsample_size < fn.size
+    return fn.subsample_size if drawn else None
+
+
+SUBSAMPLED = (
+    "the model draws {b} rows of its plate '{plate}' at random itself (subsample_size={b}): "
+    "{what} must score every row; remove subsample_size, since fit takes minibatches itself "
+    "(FitConfig(batch_size={b}))"
+)
+"""The one line for a pair that subsamples its data plate where every row must be scored."""
 
 
 def data_frame(site: dict[str, Any], plate: str):
     """The site's frame of the plate named ``plate``, or None when the site is outside it."""
     return next((f for f in site["cond_indep_stack"] if f.name == plate), None)
+
+
+def batch_sized(frame, rows: int) -> bool:
+    """Whether a plate frame covers the batch's ``rows``: sized by it, or opened without a size
+    (``pyro.plate("data")``, which Pyro gives size -1 and broadcasts to the batch)."""
+    return frame.full_size in (rows, -1, None)
 
 
 def batched(fn: Callable, plate: str = DEFAULT_PLATE) -> Callable:
@@ -123,7 +150,7 @@ def batched(fn: Callable, plate: str = DEFAULT_PLATE) -> Callable:
 
 
 def _apply(fn: Callable, x, kwargs: dict[str, Any]):
-    """``fn(x, **kwargs)``, or for :class:`~ppvae.data.rows.Rows` ``fn(*args, **named, **kwargs)``."""
+    """``fn(x, **kwargs)``; a :class:`~ppvae.data.rows.Rows` is passed as its tensors."""
     if isinstance(x, Rows):
         return x.call(fn, **kwargs)
     return fn(x, **kwargs)

@@ -16,17 +16,19 @@ import torch
 from pyro import poutine
 
 from ppvae.data import Rows, as_rows
-from ppvae.data.rows import signature_problem
 from ppvae.errors import ModelGuideError, first_line  # ModelGuideError: also importable here
 from ppvae.pairs import (
     DEFAULT_PLATE,
+    SUBSAMPLED,
     aside,
+    batch_sized,
     batched,
     claim_parameters,
     data_frame,
     sample_sites,
-    signature_target,
+    self_subsampled,
 )
+from ppvae.pairs.arguments import has_nan, signature_problems, unobserved_problems
 from ppvae.pairs.objectives import OBJECTIVES
 from ppvae.pairs.parameter_checks import param_problems
 
@@ -40,15 +42,9 @@ def _hint(message: str, x: torch.Tensor, who: str, stale: str) -> str:
         )
     if stale:
         return f" ({stale}: call pyro.clear_param_store() first)"
-    if who == "guide" and _has_nan(x):
+    if who == "guide" and has_nan(x):
         return MISSING_HINT
     return ""
-
-
-def _has_nan(x) -> bool:
-    """Whether the data (a tensor, or every tensor of a Rows) has a NaN entry."""
-    tensors = x.tensors if isinstance(x, Rows) else [x]
-    return any(t.is_floating_point() and bool(t.isnan().any()) for t in tensors)
 
 
 def _stale_entries(fn, args) -> str:
@@ -192,9 +188,9 @@ def _placement_problems(model_sites, guide_sites, plate: str) -> list[str]:
 
 def _covered(frame, rows: int, num_data: int | None) -> int:
     """How many examples a plate frame stands for once ppvae has scaled it."""
-    if frame.full_size == frame.size == rows and num_data is not None:
+    if frame.full_size == frame.size and batch_sized(frame, rows) and num_data is not None:
         return num_data
-    return frame.full_size or frame.size
+    return rows if frame.size == -1 else frame.full_size or frame.size
 
 
 def _size_problems(model_sites, guide_sites, plate: str, rows: int, num_data) -> list[str]:
@@ -218,7 +214,7 @@ def _size_problems(model_sites, guide_sites, plate: str, rows: int, num_data) ->
             ]
     for site in model_sites.values():
         frame = data_frame(site, plate)
-        if frame is not None and frame.size == frame.full_size and frame.size != rows:
+        if frame is not None and frame.size == frame.full_size and not batch_sized(frame, rows):
             return [
                 f"the plate '{plate}' has size {frame.size} in the model but the batch has "
                 f"{rows} rows: size it by the batch, `pyro.plate('{plate}', x.shape[0])`"
@@ -251,7 +247,7 @@ MISSING_HINT = (
 
 
 def _draw_problems(guide_sites, x: torch.Tensor) -> list[str]:
-    hint = MISSING_HINT if _has_nan(x) else ""
+    hint = MISSING_HINT if has_nan(x) else ""
     return [
         f"the guide's draw at '{n}' is not finite on this batch{hint}"
         for n, s in guide_sites.items()
@@ -270,17 +266,6 @@ def _reparam_problems(guide_sites, objective: str | None) -> list[str]:
         for n, s in guide_sites.items()
         if not s["fn"].has_rsample and not _is_discrete(s)
     ]
-
-
-def _signature_problems(model, guide, x: Rows) -> list[str]:
-    """The model or guide cannot take the data's tensors (or None for unobserved ones)."""
-    optional = tuple(bool(c) for c in x.unobserved().any(0).tolist())
-    found = []
-    for who, fn in (("model", model), ("guide", guide)):
-        problem = signature_problem(signature_target(fn), x, optional)
-        if problem:
-            found.append(f"the {who}'s signature does not fit the data: {problem}")
-    return found
 
 
 def problems(
@@ -309,7 +294,7 @@ def problems(
     """
     x = as_rows(x, "data")
     if isinstance(x, Rows):
-        found = _signature_problems(model, guide, x)
+        found = signature_problems(model, guide, x)
         if found:
             return found
     args = (x, idx, num_data)
@@ -320,9 +305,14 @@ def problems(
     if guide_error or model_error:
         return [e for e in (guide_error, model_error) if e]
     model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
-    found = _missing_plate_problems(model_sites, plate)
+    found = _missing_plate_problems(model_sites, plate) or unobserved_problems(
+        model, model_sites, x, plate
+    )
     if found:
         return found + _likelihood_problems(model_sites)
+    b = self_subsampled(model_trace, plate)
+    if objective is None and b is not None:  # scoring: every row, once
+        return [SUBSAMPLED.format(b=b, plate=plate, what="scoring (evaluate, log_likelihood)")]
     return (
         _draw_problems(guide_sites, x)
         + _site_problems(model_sites, guide_sites, objective)

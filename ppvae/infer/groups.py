@@ -1,0 +1,125 @@
+"""Data whose arguments are observed for some examples only: one step over every group.
+
+A float tensor of :class:`~ppvae.data.Rows` whose row is all NaN is not observed for that
+example (a label, say). The examples fall into groups by which arguments they have observed
+(:meth:`~ppvae.data.Rows.groups`); group g has N_g of the N examples. Each step calls the
+pair once per group, on that group's rows with the unobserved arguments ``None`` (a Pyro-style
+``model(xs, ys=None)`` then treats ``ys`` as latent), and sums the losses:
+
+- **batches, stratified:** a batch of B rows takes B_g = max(1, round(B N_g / N)) rows of every
+  group g, the next ones in the group's own shuffled order (reshuffled when it runs out), so
+  no step leaves a group out; there are N // B steps an epoch, and every order depends only on
+  (seed, epoch), so a resumed run sees the same batches;
+- **scaling:** group g's call is scaled to its N_g examples (``num_data=N_g``: its rows weigh
+  N_g / B_g, :class:`~ppvae.pairs.DataPlateScale`), and sites outside the data plate (global
+  latents) weigh 1 / G in each of the G calls, so the summed loss is an unbiased estimate of
+  minus the full-data ELBO: sum_g E[local terms of g] + E[log p(theta) - log q(theta)];
+- one optimizer, one history (with a ``batch_rows_<group>`` column per group: B_g) and one
+  checkpoint cover it all.
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+
+from ppvae.config import ConfigError
+from ppvae.data import Group, Rows
+from ppvae.pairs import data_frame
+
+
+class Layout(NamedTuple):
+    """The groups of a training set and how many rows of each a batch takes.
+
+    Attributes
+    ----------
+    groups : list of Group
+    per_step : list of int
+        B_g, the rows of group g in every batch (their columns follow each other).
+    """
+
+    groups: list[Group]
+    per_step: list[int]
+
+    @property
+    def columns(self) -> dict[str, int]:
+        """The history's ``batch_rows_<label>`` columns: B_g for each group."""
+        return {
+            f"batch_rows_{g.label}": b for g, b in zip(self.groups, self.per_step, strict=True)
+        }
+
+    def parts(self, x, idx: torch.Tensor) -> list[tuple[Any, torch.Tensor, int]]:
+        """(rows with unobserved arguments None, their indices, N_g) for each group of a batch
+        laid out by :func:`stratified_batches`."""
+        found, start = [], 0
+        for group, b in zip(self.groups, self.per_step, strict=True):
+            cols = slice(start, start + b)
+            found.append((x[cols].present(group.present), idx[cols], len(group.rows)))
+            start += b
+        return found
+
+
+def layout_for(train, batch_size: int) -> Layout | None:
+    """The train set's :class:`Layout`, or None when every argument of every row is observed."""
+    if not isinstance(train, Rows):
+        return None
+    groups = train.groups()
+    if all(all(g.present) for g in groups):
+        return None
+    n, b = len(train), min(batch_size, len(train))
+    return Layout(groups, [max(1, round(b * len(g.rows) / n)) for g in groups])
+
+
+def stratified_batches(layout: Layout, n: int, b: int, g: torch.Generator) -> torch.Tensor:
+    """(n // b, sum B_g) row numbers: each batch takes the next B_g rows of every group's own
+    shuffled order, which restarts (reshuffled) whenever it runs out."""
+    steps, columns = n // b, []
+    for group, per in zip(layout.groups, layout.per_step, strict=True):
+        size, need = len(group.rows), steps * per
+        rounds = -(-need // size)
+        order = torch.cat(
+            [torch.randperm(size, generator=g, device=g.device) for _ in range(rounds)]
+        )
+        columns.append(group.rows.to(order.device)[order[:need]].view(steps, per))
+    return torch.cat(columns, 1)
+
+
+class OutsidePlateScale(Messenger):
+    """Weight ``factor`` for every sample site outside the plate ``plate`` (global latents)."""
+
+    def __init__(self, plate: str, factor: float):
+        super().__init__()
+        self.plate, self.factor = plate, factor
+
+    def _pyro_sample(self, msg: dict[str, Any]) -> None:
+        if not site_is_subsample(msg) and data_frame(msg, self.plate) is None:
+            msg["scale"] = msg["scale"] * self.factor
+
+
+def grouped_loss(loss: Callable, layout: Layout, plate: str) -> Callable:
+    """``loss(x, idx, num_data)`` summed over the groups of the batch (see the module's notes)."""
+    share = 1.0 / len(layout.groups)
+
+    def call(x, idx, num_data=None):
+        total = 0.0
+        with OutsidePlateScale(plate, share):
+            for rows, sub, n_g in layout.parts(x, idx):
+                total = total + loss(rows, sub, n_g)
+        return total
+
+    return call
+
+
+def check_supported(layout: Layout | None, config, world: int) -> None:
+    """Partly observed data trains on one process, without jit: say so in one line."""
+    if layout is None:
+        return
+    if world > 1:
+        raise ConfigError(
+            "data with unobserved arguments (all-NaN rows) trains on one process for now: "
+            "run it without torchrun"
+        )
+    if config.jit:
+        raise ConfigError("jit=True does not trace data with unobserved arguments: set jit=False")

@@ -1,0 +1,57 @@
+"""Checks of the data a pair is called with (:mod:`ppvae.data.rows`): can the model and guide
+take its tensors, and does the model observe something inside the plate over examples (a
+``model(x, y=None)`` called without ``y`` samples what it should observe, and would train
+silently on nothing)."""
+
+import inspect
+
+from ppvae.data import Rows
+from ppvae.data.rows import signature_problem
+from ppvae.pairs.calling import signature_target
+
+
+def has_nan(x) -> bool:
+    """Whether the data (a tensor, or every tensor of a Rows) has a NaN entry."""
+    tensors = x.tensors if isinstance(x, Rows) else [x]
+    return any(t.is_floating_point() and bool(t.isnan().any()) for t in tensors)
+
+
+def signature_problems(model, guide, x: Rows) -> list[str]:
+    """The model or guide cannot take the data's tensors (or None for unobserved ones)."""
+    optional = tuple(bool(c) for c in x.unobserved().any(0).tolist())
+    found = []
+    for who, fn in (("model", model), ("guide", guide)):
+        problem = signature_problem(signature_target(fn), x, optional)
+        if problem:
+            found.append(f"the {who}'s signature does not fit the data: {problem}")
+    return found
+
+
+def _none_arguments(model, x) -> list[str]:
+    """The model's arguments that this call left as None (not given, or given as None)."""
+    try:
+        params = list(inspect.signature(signature_target(model)).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    given = x if isinstance(x, Rows) else Rows((x,))
+    bound = dict(zip((p.name for p in params), given.args, strict=False))  # extra: defaults
+    bound |= given.kwargs
+    return [
+        p.name
+        for p in params
+        if p.name not in ("idx", "num_data") and p.default is None and bound.get(p.name) is None
+    ]
+
+
+def unobserved_problems(model, model_sites, x, plate: str) -> list[str]:
+    """No observed site inside the data plate: the pair would learn nothing from the data."""
+    if any(s["is_observed"] for s in model_sites.values()):  # (outside: placement's to say)
+        return []
+    names = _none_arguments(model, x)
+    which = (
+        f"its argument {', '.join(repr(n) for n in names)} arrived as None, so it samples what "
+        f"it should observe: pass the data, e.g. fit(model, guide, (x, {names[0]}))"
+        if names
+        else "pass the data it observes as an argument"
+    )
+    return [f"the model observes nothing inside the plate '{plate}': {which}"]

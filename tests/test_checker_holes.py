@@ -1,0 +1,90 @@
+"""Pairs that used to train or score silently wrong, or fail with a raw torch error: each is now
+refused in one line, or taken as Pyro means it."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from ppvae import FitConfig
+from ppvae.data import Dataset
+from ppvae.errors import ModelGuideError
+from ppvae.evaluation.bounds import elbo_terms, log_likelihood
+from ppvae.infer.fitting import fit
+from ppvae.pairs import batched
+from ppvae.pairs.checker import check
+from ppvae.pairs.losses import lean_loss
+
+CONFIG = FitConfig(epochs=2, batch_size=10, device="cpu", lr=0.05, test_samples=2)
+
+
+def regression(x, y=None):
+    """Pyro's regression tutorial, in short: y observed only when it is given."""
+    w = pyro.sample("w", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    with pyro.plate("data", x.shape[0]):
+        return pyro.sample("y", dist.Normal(x @ w, 1.0), obs=y)
+
+
+def regression_guide(x, y=None):
+    loc = pyro.param("loc", torch.zeros(2))
+    pyro.sample("w", dist.Normal(loc, 1.0).to_event(1))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("y", dist.Normal(0.0, 1.0))  # what an AutoGuide does with a latent y
+
+
+def test_a_model_whose_observation_arrived_as_none_is_refused_naming_it():
+    x = torch.randn(20, 2)
+    with pytest.raises(ModelGuideError) as err:
+        fit(regression, regression_guide, x, CONFIG)
+    assert str(err.value) == (
+        "the model observes nothing inside the plate 'data': its argument 'y' arrived as "
+        "None, so it samples what it should observe: pass the data, e.g. fit(model, guide, "
+        "(x, y))"
+    )
+
+
+def unsized(x):
+    with pyro.plate("data"):  # Pyro's ss-vae and cvae: the size comes from the batch
+        z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0]), 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x[:, 0])
+
+
+def unsized_guide(x):
+    with pyro.plate("data"):
+        pyro.sample("z", dist.Normal(x[:, 0] / 2, math.sqrt(0.5)))
+
+
+def test_an_unsized_data_plate_takes_its_size_from_the_batch():
+    """Scaled by N / B like a batch-sized plate: with the exact posterior guide, the training
+    loss of one batch is -N / B times its rows' exact log-likelihood (x ~ N(0, 2))."""
+    x = torch.randn(40, 1)
+    check(unsized, unsized_guide, x[:10], num_data=40)
+    loss = lean_loss(
+        "trace", batched(unsized), batched(unsized_guide), num_particles=1, nesting=1, plate="data"
+    )
+    exact = dist.Normal(0.0, math.sqrt(2.0)).log_prob(x[:10, 0]).sum()
+    assert loss(x[:10], None, 40).item() == pytest.approx(-4 * exact.item(), rel=1e-5)
+
+
+def subsampled(x):
+    m = pyro.param("m", torch.zeros(()))
+    with pyro.plate("data", x.shape[0], subsample_size=5) as ind:
+        z = pyro.sample("z", dist.Normal(m + x.new_zeros(len(ind)), 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x[ind, 0])
+
+
+def subsampled_guide(x):
+    with pyro.plate("data", x.shape[0], subsample_size=5) as ind:
+        pyro.sample("z", dist.Normal(x[ind, 0] / 2, math.sqrt(0.5)))
+
+
+def test_a_plate_the_model_subsamples_itself_is_refused_for_scoring_in_one_line():
+    x, line = torch.randn(30, 1), "the model draws 5 rows of its plate 'data' at random itself"
+    for score in (log_likelihood, elbo_terms):
+        with pytest.raises(ModelGuideError, match=line + r" \(subsample_size=5\): scoring"):
+            score(subsampled, subsampled_guide, x)
+    with pytest.raises(ModelGuideError, match=line + ".*: the test ELBO of every epoch"):
+        fit(subsampled, subsampled_guide, Dataset("d", x, x[:20], None), CONFIG)
+    assert len(fit(subsampled, subsampled_guide, x, CONFIG).history) == 2  # trains as before
