@@ -111,3 +111,43 @@ def _rows(x, y):
     from ppvae.data import Rows
 
     return Rows((x, y))
+
+
+C, WEIGHT = 0.8, 3.0
+
+
+def classify(x, y):
+    """An auxiliary pair (Pyro's ss-vae ``model_classify``): y | x ~ N(c x, 1), c trained."""
+    c = pyro.param("c", torch.tensor(C))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("y_aux", dist.Normal(c * x, 1.0), obs=y)
+
+
+def classify_guide(x, y):
+    pass
+
+
+def test_an_auxiliary_loss_trains_on_the_labelled_rows_scaled_and_weighted():
+    x, y = _data()
+    step = training_step(model, guide, (x, y), CONFIG, aux=[(classify, classify_guide, WEIGHT)])
+    assert "c" in step.names  # one optimizer for the pair and the auxiliary one
+    _, batches = epoch_batches(_rows(x, y), False, CONFIG, 0, step.layout)
+    idx = batches[0]
+    weights = torch.where(y[idx].isnan(), 30 / 6, 10 / 2)
+    main = -(weights * exact_log_p(x[idx], y[idx])).sum()
+    seen = ~y[idx].isnan()
+    aux = -(10 / 2) * dist.Normal(C * x[idx][seen], 1.0).log_prob(y[idx][seen]).sum()
+    loss = step.loss(_rows(x, y)[idx], idx, 40)
+    assert loss.item() == pytest.approx((main + WEIGHT * aux).item(), rel=1e-5)
+
+
+def test_a_fit_with_an_auxiliary_loss_resumes_exactly(tmp_path):
+    x, y, aux = *_data(), [(classify, classify_guide, WEIGHT)]
+    fit(model, guide, (x, y), CONFIG, aux=aux)
+    c = pyro.param("c").item()
+    pyro.clear_param_store()
+    path, one = tmp_path / "c.pt", FitConfig(**{**CONFIG.to_dict(), "epochs": 1})
+    fit(model, guide, (x, y), one, aux=aux, checkpoint=path)
+    assert pyro.param("c").item() != c
+    fit(model, guide, (x, y), CONFIG, aux=aux, checkpoint=path, resume=True)
+    assert pyro.param("c").item() == c

@@ -13,6 +13,7 @@ from pyro import poutine
 from ppvae.baselines import independent
 from ppvae.data import Rows
 from ppvae.evaluation.bounds import elbo_terms, log_likelihood, validated_for
+from ppvae.evaluation.labels import label_columns
 from ppvae.pairs import DEFAULT_PLATE, aside, batched, data_frame, observed_site, sample_sites
 
 
@@ -110,6 +111,14 @@ def evaluate(
     ``idx`` (N,), the rows' numbers in the training set, is passed to the guide (a
     per-datapoint guide reads its parameters there); the active units are then counted over
     exactly those rows.
+
+    Data of several tensors (a tuple or dict, :mod:`ppvae.data.rows`): ``log_px`` is
+    log p(observed sites | the arguments the model conditions on), the sites the model
+    observes given every argument (for a conditional model, log p(y | x); with global latents,
+    per row under q(theta), see :mod:`ppvae.evaluation.bounds`); rows with an unobserved
+    argument are scored without it. When an argument is a label
+    (:mod:`ppvae.evaluation.labels`: a discrete site the guide samples when it is None),
+    ``log_px_unlabelled``, its ``_stderr`` and ``accuracy`` are added. ``bits_per_dim`` is NaN.
     """
     x = validated_for(model, x)
     terms = elbo_terms(model, guide, x, idx=idx, num_samples=10, plate=plate)
@@ -124,6 +133,7 @@ def evaluate(
         "num_samples": num_samples,
         "active_units": active_units(guide, x, idx=idx, plate=plate)[0],
     }
+    row |= label_columns(model, guide, x, num_samples, plate)  # M2-like data: {} otherwise
     return pd.DataFrame([row])
 
 

@@ -21,7 +21,7 @@ from ppvae.config import ConfigError
 from ppvae.data import Dataset, Rows, as_rows, validate_data
 from ppvae.errors import ModelGuideError, OutputError
 from ppvae.infer import checkpoint as ckpt
-from ppvae.infer.groups import check_supported, grouped_loss, layout_for
+from ppvae.infer.groups import aux_losses, check_supported, combined_loss, layout_for
 from ppvae.infer.loop import (
     HISTORY_COLUMNS,
     DeferredInterrupt,
@@ -98,7 +98,7 @@ def _same_on_every_rank(x: torch.Tensor | None, what: str) -> None:
 
 
 def training_step(
-    model, guide, train: torch.Tensor, config: FitConfig, *, dynamic: bool = False
+    model, guide, train: torch.Tensor, config: FitConfig, *, dynamic: bool = False, aux=()
 ) -> Step:
     """The optimizer step that :func:`fit` takes, ready for ``step(x, idx, num_data)``.
 
@@ -131,10 +131,13 @@ def training_step(
         nesting = max(nesting, structure.max_plate_nesting)
         tensors |= param_tensors(*traces)
         subsampled = subsampled or self_subsampled(traces[0], config.plate)  # Pyro's own
+    extra, aux_tensors = aux_losses(aux, layout, parts, config, device, nesting)
+    tensors = aux_tensors | tensors
     step = Step(*calls, {k: v for k, v in tensors.items() if v.requires_grad}, config, nesting)
     step.subsampled, step.layout = subsampled, layout
-    if layout is not None:
-        step.loss = grouped_loss(step.loss, layout, config.plate)
+    step.weighted = step.weighted or bool(extra)  # train_objective is not the pair's ELBO
+    if layout is not None or extra:
+        step.loss = combined_loss(step.loss, layout, config.plate, extra)
     # every rank starts from rank 0's values, the frozen ones and module buffers included
     distributed.broadcast_state(list(tensors.values()), (model, guide))
     return step
@@ -151,6 +154,7 @@ def fit(
     progress: bool | None = None,
     on_epoch: Callable[[pd.DataFrame], None] | None = None,
     run_info: dict[str, Any] | None = None,
+    aux: list[tuple[Any, Any, float]] = (),
 ) -> FitResult:
     """Train ``model`` and ``guide`` by SVI on ``data``.
 
@@ -185,6 +189,12 @@ def fit(
         Plain values (JSON-able) stored in every checkpoint under ``run``: ``ppvae train``
         records its whole run config and data sizes, which ``load_run`` and ``--resume``
         check the run folder against.
+    aux : list of (model, guide, weight)
+        Auxiliary pairs trained in the same step, with the same optimizer, on the rows that
+        have every argument observed, each ELBO scaled to those rows' number and weighted
+        (Pyro's ss-vae ``model_classify``/``guide_classify``; their parameters are in the
+        checkpoint's param store and optimizer). ``train_objective`` then includes them, and
+        ``train_elbo`` is the main pair's ELBO of the epoch's last batch.
 
     Returns
     -------
@@ -224,7 +234,8 @@ def fit(
         distributed.stopping_together(),  # one rank's error ends the ranks waiting for it
         holding(checkpoint, f"the checkpoint {path}", CHECKPOINT_HINT),
     ):
-        return _fit(model, guide, data, config, checkpoint, resume, progress, on_epoch, run_info)
+        args = (checkpoint, resume, progress, on_epoch, run_info, aux)
+        return _fit(model, guide, data, config, *args)
 
 
 CHECKPOINT_HINT = "wait for it to finish, or give this fit another checkpoint path"
@@ -269,13 +280,13 @@ def holding(target: str | os.PathLike | None, what: str, hint: str = ""):
 
 
 def _fit(
-    model, guide, data, config, checkpoint, resume, progress, on_epoch, run_info
+    model, guide, data, config, checkpoint, resume, progress, on_epoch, run_info, aux
 ) -> FitResult:
     distributed.warn_if_not_initialized()
     device = distributed.local_device(resolve_device(config.device))
     train, test, dynamic = _inputs(data, model)
     train, test = train.to(device), None if test is None else test.to(device)
-    step = training_step(model, guide, train, config, dynamic=dynamic)
+    step = training_step(model, guide, train, config, dynamic=dynamic, aux=aux)
     if test is not None and step.subsampled is not None:
         what = "the test ELBO of every epoch"
         raise ModelGuideError(SUBSAMPLED.format(b=step.subsampled, plate=config.plate, what=what))

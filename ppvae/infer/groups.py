@@ -27,7 +27,9 @@ from pyro.poutine.util import site_is_subsample
 
 from ppvae.config import ConfigError
 from ppvae.data import Group, Rows
-from ppvae.pairs import data_frame
+from ppvae.pairs import batched, data_frame, param_tensors, place, run_pair
+from ppvae.pairs.checker import check
+from ppvae.pairs.objectives import OBJECTIVES
 
 
 class Layout(NamedTuple):
@@ -98,15 +100,25 @@ class OutsidePlateScale(Messenger):
             msg["scale"] = msg["scale"] * self.factor
 
 
-def grouped_loss(loss: Callable, layout: Layout, plate: str) -> Callable:
-    """``loss(x, idx, num_data)`` summed over the groups of the batch (see the module's notes)."""
-    share = 1.0 / len(layout.groups)
+def combined_loss(
+    loss: Callable, layout: Layout | None, plate: str, aux: list[tuple[Callable, float]] = ()
+) -> Callable:
+    """``loss(x, idx, num_data)`` summed over the groups of the batch (see the module's notes),
+    plus ``weight * aux_loss`` for each auxiliary loss on the rows that have every argument
+    observed, scaled to their number (:func:`~ppvae.infer.fitting.fit`'s ``aux``)."""
+    share = 1.0 if layout is None else 1.0 / len(layout.groups)
 
-    def call(x, idx, num_data=None):
+    def call(x, idx, num_data):
+        parts = [(x, idx, num_data)] if layout is None else layout.parts(x, idx)
+        complete = [True] if layout is None else [all(g.present) for g in layout.groups]
         total = 0.0
         with OutsidePlateScale(plate, share):
-            for rows, sub, n_g in layout.parts(x, idx):
+            for rows, sub, n_g in parts:
                 total = total + loss(rows, sub, n_g)
+        for aux_loss, weight in aux:
+            for (rows, sub, n_g), whole in zip(parts, complete, strict=True):
+                if whole:
+                    total = total + weight * aux_loss(rows, sub, n_g)
         return total
 
     return call
@@ -123,3 +135,26 @@ def check_supported(layout: Layout | None, config, world: int) -> None:
         )
     if config.jit:
         raise ConfigError("jit=True does not trace data with unobserved arguments: set jit=False")
+
+
+def aux_losses(aux, layout: Layout | None, parts: list, config, device, nesting: int):
+    """(losses with their weights, the auxiliary pairs' parameters) for ``fit``'s ``aux``:
+    each pair placed, checked and traced on the first batch's rows that have every argument
+    observed, as the main pair is; its loss is the ELBO (``trace``)."""
+    if layout is not None:
+        parts = [p for p, g in zip(parts, layout.groups, strict=True) if all(g.present)]
+    if aux and not parts:
+        raise ConfigError("aux pairs train on rows with every argument observed: there are none")
+    losses, tensors = [], {}
+    for entry in aux:
+        if not (isinstance(entry, tuple | list) and len(entry) == 3):
+            raise ConfigError(f"aux takes (model, guide, weight) triples, got {entry!r}")
+        model, guide, weight = entry
+        calls = batched(model, config.plate), batched(guide, config.plate)
+        for rows, idx, n in parts:
+            place(model, guide, rows, device, config.plate, idx=idx)
+            check(model, guide, rows, idx=idx, num_data=n, objective="trace", plate=config.plate)
+            tensors |= param_tensors(*run_pair(*calls, rows, idx))
+        options = {"num_particles": 1, "max_plate_nesting": nesting, "plate": config.plate}
+        losses.append((OBJECTIVES["trace"].loss_fn(*calls, **options), float(weight)))
+    return losses, tensors
