@@ -157,7 +157,7 @@ def cvae_markdown(frame: pd.DataFrame, smoke: bool) -> str:
     ok["cvae negative ELBO (Pyro's figure)"] = ok.cvae_neg_elbo.map(lambda v: f"{v:.3f}")
     columns = ["dataset", "quadrants", "cvae log p(y|x) (IS)", "plain network log p(y|x)",
                "cvae negative ELBO (Pyro's figure)", "fit_seconds"]  # fmt: skip
-    table = ok[columns].to_markdown(index=False, floatfmt=".1f")
+    table = ok[columns].to_markdown(index=False, floatfmt=".3f")
     return f"# CVAE quadrant completion\n\n{sizes_text('cvae', smoke)}\n\n{table}\n"
 
 
