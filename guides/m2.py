@@ -11,6 +11,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
+from pyro.nn.module import to_pyro_module_
 
 from ppvae.guides.amortized import positive
 from ppvae.models.m2 import joined
@@ -52,7 +53,11 @@ class M2Guide(PyroModule):
     ):
         super().__init__(name)
         self.z_dim = z_dim
-        self.encoder_y = MLP(x_dim, classes, hidden=tuple(hidden))
+        # a PyroModule of its own, so that the auxiliary classifier's model, which calls it
+        # outside this guide, reads its weights from Pyro's param store too
+        classifier = MLP(x_dim, classes, hidden=tuple(hidden))
+        to_pyro_module_(classifier)
+        self.encoder_y = classifier
         self.encoder_z = MLP(x_dim + classes, 2 * z_dim, hidden=tuple(hidden))
 
     def label_distribution(self, xs: torch.Tensor) -> dist.OneHotCategorical:
@@ -69,6 +74,8 @@ class M2Guide(PyroModule):
                 ys = pyro.sample(
                     LABEL, self.label_distribution(xs), infer={"enumerate": "parallel"}
                 )
+            else:  # q(y | x) on no rows: its weights are read (into Pyro's param store) on a
+                self.encoder_y(xs[:0])  # labelled batch too, as a group checked alone needs
             loc, rho = self.encoder_z(joined(xs, ys)).split(self.z_dim, -1)
             pyro.sample(LATENT, dist.Normal(loc, positive(rho)).to_event(1))
 

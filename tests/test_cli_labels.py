@@ -44,3 +44,17 @@ def test_cvae_run_scores_the_hidden_pixels(tmp_path, capsys):
     # importance sampling tightens the ELBO; both score the 32 hidden pixels of an 8x8 image
     assert m.log_px >= m.elbo - 3 * m.log_px_stderr
     assert -32 * 2.0 < m.log_px < 0
+
+
+def test_m2_run_trains_with_its_classifier_and_reports_accuracy(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "m2", "--labels", "100", "--epochs", "1",
+                 "--out", str(out), *FAST]) == 0  # fmt: skip
+    run = RunConfig.load(out / "config.json")
+    assert (run.guide, run.fit.objective, run.labels) == ("m2", "enum", 100)
+    printed = capsys.readouterr().out
+    assert "test log p(x), y summed out" in printed and "test accuracy of q(y|x)" in printed
+    m = pd.read_csv(out / "metrics.csv").iloc[0]
+    assert 0 <= m.accuracy <= 1
+    # log p(x) sums p(x, y) over the labels: it is above log p(x, y_true), up to the samplers
+    assert m.log_px_unlabelled >= m.log_px - 3 * (m.log_px_stderr + m.log_px_unlabelled_stderr)

@@ -103,8 +103,12 @@ def run(args, given: set[str]) -> int:
     if result.metrics is not None:
         m = result.metrics.iloc[0]
         k = int(m.num_samples)
-        what = "log p(y|x)" if config.quadrants else "log p(x)"  # cvae: the hidden pixels y
+        what = {"quadrants": "log p(y|x)", "labels": "log p(x, y)"}  # cvae, m2
+        what = next((w for k, w in what.items() if getattr(config, k)), "log p(x)")
         print(f"test {what} ~ {m.log_px:.2f} +- {m.log_px_stderr:.3f} nats (K={k})")
+        if "log_px_unlabelled" in m:
+            se = m.log_px_unlabelled_stderr
+            print(f"test log p(x), y summed out ~ {m.log_px_unlabelled:.2f} +- {se:.3f} nats")
         if "accuracy" in m:
             print(f"test accuracy of q(y|x): {m.accuracy:.3f}")
     print(f"outputs in {out}/: " + ", ".join(sorted({p.name for p in result.files})))

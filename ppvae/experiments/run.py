@@ -164,6 +164,20 @@ def _start(run: RunConfig, out: Path, overwrite: bool, progress) -> RunResult:
         staging.discard()  # a no-op once the run has been moved into place
 
 
+AUX_WEIGHT = 46.0
+"""Weight of M2's auxiliary classification loss (Pyro's ``aux_loss_multiplier``)."""
+
+
+def auxiliary(guide) -> list:
+    """The auxiliary pairs ``fit`` trains with ``guide``: M2's classifier loss on the labelled
+    rows (:func:`ppvae.guides.classifier_pair`) for a guide that classifies; else none."""
+    if not hasattr(guide, "classify"):
+        return []
+    from ppvae.guides import classifier_pair
+
+    return [(*classifier_pair(guide), AUX_WEIGHT)]
+
+
 def _pretrained(run: RunConfig, data: Dataset, model):
     """``model``, with the plain network a CVAE builds on trained first (as Pyro's example
     does, with the run's epochs, batch size, learning rate and seed); other models as they are.
@@ -203,6 +217,7 @@ def _train_new(run: RunConfig, data: Dataset, staging: Staging, progress) -> Run
         progress=progress,
         on_epoch=on_epoch,
         run_info=run_info(run, data),
+        aux=auxiliary(guide),
     )
     staging.publish()  # stopped by Ctrl-C before the first epoch ended: its checkpoint counts
     return _finish(run, data, result, staging.folder)
@@ -213,7 +228,7 @@ def _train_quietly(run: RunConfig, data: Dataset, progress) -> RunResult:
     pyro.clear_param_store()
     model, guide = build(run, data)
     model = _pretrained(run, data, model)
-    result = fit(model, guide, data, run.fit, progress=False)
+    result = fit(model, guide, data, run.fit, progress=False, aux=auxiliary(guide))
     return _finish(run, data, result, None)
 
 
@@ -253,6 +268,7 @@ def _resume(run: RunConfig, out: Path, progress) -> RunResult:
         progress=progress if main else False,
         on_epoch=on_epoch if main else None,
         run_info=run_info(run, data),
+        aux=auxiliary(guide),
     )
     if main:
         run.save(out / CONFIG)  # its epochs, once training has gone past the old ones
@@ -290,14 +306,10 @@ def _finish(run: RunConfig, data: Dataset, result: FitResult, out: Path | None) 
 
 def _finish_more_than_x(run, data: Dataset, result: FitResult, out, files, device):
     """Metrics of a pair that takes (x, y): ``evaluate`` on the test tuple (for a conditional
-    model its log p(y | x)), and for a classifier guide the test accuracy of q(y | x)."""
+    model its log p(y | x); for M2 log p(x, y), log p(x) and the accuracy of q(y | x))."""
     test = tuple(t.to(device) for t in data.test)
     with distributed.scoring_together():
         metrics = evaluate(result.model, result.guide, test, num_samples=run.eval_samples)
-    if hasattr(result.guide, "classify"):
-        with torch.no_grad():
-            right = result.guide.classify(test[0]).cpu() == data.test_labels
-        metrics["accuracy"] = right.double().mean().item()
     if out is not None:
         files.append(_write_csv(metrics, out / METRICS))
         plots.elbo_curve(result.history, out / "elbo.png")
