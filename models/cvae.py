@@ -78,6 +78,13 @@ def frozen(module: nn.Module) -> nn.Module:
 class QuadrantEncoder(nn.Module):
     """(x, y) -> (loc, scale) of a Gaussian over z, reading the image x completed by y where x
     is -1 (Pyro's ``Encoder``): the recognition net q(z | x, y) and the prior net p(z | x, y_hat).
+
+    Examples
+    --------
+    >>> encoder = QuadrantEncoder(4, z_dim=2, hidden=(8,))
+    >>> loc, scale = encoder(-torch.ones(3, 4), torch.rand(3, 4))
+    >>> loc.shape, bool((scale > 0).all())
+    (torch.Size([3, 2]), True)
     """
 
     def __init__(self, x_dim: int, z_dim: int, hidden=(500, 500)):
