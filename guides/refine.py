@@ -27,6 +27,7 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, TraceMeanField_ELBO
 from torch.distributions import transform_to
 
+from ppvae.data import as_rows
 from ppvae.evaluation.metrics import elbo_terms
 from ppvae.pairs import DEFAULT_PLATE, aside, batched, data_frame, sample_sites
 from ppvae.pairs.scoring import scored_pair
@@ -252,6 +253,7 @@ def refine(
     is optimistic by at most the Monte Carlo noise of one evaluation, which ``eval_samples``
     shrinks (and the analytic KL removes from the KL term).
     """
+    x = as_rows(x, "data")  # a tuple or dict of tensors: the model's arguments (Rows)
     local = free_guide(guide, x, plate)
     best = _snapshot(local)
     amortized = best_elbo = _crn_elbo(model, local, x, eval_samples, seed)

@@ -88,3 +88,18 @@ def test_a_plate_the_model_subsamples_itself_is_refused_for_scoring_in_one_line(
     with pytest.raises(ModelGuideError, match=line + ".*: the test ELBO of every epoch"):
         fit(subsampled, subsampled_guide, Dataset("d", x, x[:20], None), CONFIG)
     assert len(fit(subsampled, subsampled_guide, x, CONFIG).history) == 2  # trains as before
+
+
+def test_check_calls_each_group_of_partly_observed_data_as_fit_does():
+    """Rows whose y is NaN are checked with y=None: there the regression observes nothing."""
+    x, y = torch.randn(20, 2), torch.randn(20)
+
+    def guide(x, y=None):
+        regression_guide(x, y) if y is None else pyro.sample(
+            "w", dist.Normal(torch.zeros(2), 1).to_event(1)
+        )
+
+    check(regression, guide, (x, y))  # y observed everywhere: sound
+    y[5:] = math.nan
+    with pytest.raises(ModelGuideError, match="observes nothing .* argument 'y' arrived as None"):
+        check(regression, guide, (x, y))

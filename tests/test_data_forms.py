@@ -121,3 +121,30 @@ def test_an_argument_the_signature_cannot_take_is_one_line():
     x, y = _data()
     with pytest.raises(ModelGuideError, match="model's signature does not fit the data: .*'z'"):
         check(model, guide, {"x": x, "z": y})
+
+
+def test_dynamic_binarization_redraws_only_the_first_tensor():
+    from ppvae.data import binarize_sample
+    from ppvae.infer.loop import epoch_batches
+
+    x, y = torch.rand(12, 3), torch.randn(12)
+    rows = Rows((x, y))
+    binarized, _ = epoch_batches(rows, True, CONFIG, 0)
+    g = torch.Generator().manual_seed(CONFIG.seed * 1_000_003)
+    assert torch.equal(binarized.args[0], binarize_sample(x, g))
+    assert binarized.args[1] is y
+
+
+def test_refine_on_a_tuple_equals_refine_on_the_packed_tensor():
+    from ppvae.guides.refine import refine
+
+    (x, y), packed = _data(), _split("packed").train
+    _trained("packed")
+    found = []
+    for pair, data in (((packed_model, packed_guide), packed), ((model, guide), (x, y))):
+        torch.manual_seed(5)
+        found.append(refine(*pair, data, steps=20, eval_samples=10, seed=1))
+    for one, two in zip(*found, strict=True):
+        if torch.is_tensor(one):
+            torch.testing.assert_close(one, two, rtol=0, atol=1e-6)
+    assert (found[1].refined_elbo >= found[1].amortized_elbo).all()

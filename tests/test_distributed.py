@@ -286,11 +286,15 @@ def _gradients_some_ranks_reach():
     return a.grad, b.grad, c.grad
 
 
-def _tuple_and_packed_fits():
-    """The same two-rank fit on data given as a tuple (x, y) and packed as [x | y]."""
+def _data_forms_fits():
+    """Two-rank fits of data that is more than x: the same fit on a tuple (x, y) and on the
+    packed [x | y], and a partly observed y with the linear-Gaussian model and exact posterior
+    guide of test_partly_observed (no Monte Carlo noise in its gradient, so two ranks take the
+    steps of one process exactly). One spawn for both, to keep the suite short."""
     import pyro
 
     from ppvae import FitConfig, fit
+    from tests import test_partly_observed as partly
     from tests.test_data_forms import PAIRS, _split
 
     found = {}
@@ -299,11 +303,15 @@ def _tuple_and_packed_fits():
         pyro.set_rng_seed(0)
         fit(*PAIRS[form], _split(form), FitConfig(epochs=2, batch_size=10, lr=0.05))
         found[form] = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    pyro.clear_param_store()
+    config = FitConfig(epochs=2, batch_size=8, lr=0.01)
+    found["partly"] = fit(partly.model, partly.guide, partly._data(), config).history
+    found["a"] = pyro.param("a").detach().clone()
     return found
 
 
 TASKS = {
-    "forms": _tuple_and_packed_fits,
+    "forms": _data_forms_fits,
     "vae": _vae_fit,
     "scores": _sharded_scores,
     "rank0": _rank_zero_alone,
@@ -366,7 +374,10 @@ def test_a_gradient_some_ranks_reach_is_averaged_and_one_none_reach_stays_none(t
         assert c is None  # as on one process: Adam leaves it alone
 
 
-def test_tuple_data_under_two_ranks_trains_as_the_packed_workaround(tmp_path):
+def test_tuple_and_partly_observed_data_under_two_ranks_train_as_one_process(tmp_path):
+    alone = _data_forms_fits()
     for rank in _spawn("forms", tmp_path):
         for name, value in rank["packed"].items():
             torch.testing.assert_close(rank["tuple"][name], value, rtol=0, atol=1e-6)
+        torch.testing.assert_close(rank["a"], alone["a"], rtol=0, atol=1e-6)
+        assert rank["partly"].batch_rows_no_arg1.tolist() == [6, 6]  # (x, y): positional

@@ -26,7 +26,10 @@ class Dataset(NamedTuple):
     ----------
     name : str
     train, test : Tensor
-        ``(N, D)`` and ``(M, D)`` float32, one example per row.
+        ``(N, D)`` and ``(M, D)`` float32, one example per row; or, for a model that takes
+        more than x, a tuple of tensors (``model(*batch)``) or a dict of tensors
+        (``model(**batch)``) with one row per example each (:mod:`ppvae.data.rows`), such as
+        ``(data.train, one_hot(data.train_labels))``.
     image_shape : tuple of int or None
         ``(C, H, W)`` of one image (``C * H * W == D``), or None for non-image data.
     train_labels, test_labels : Tensor or None

@@ -130,7 +130,10 @@ def elbo_terms(
     Parameters
     ----------
     model, guide : callables, ``f(x)`` (Pyro's convention) or ``f(x, idx=None, num_data=None)``
-    x : Tensor, shape (N, D)
+    x : Tensor, shape (N, D), or a tuple or dict of tensors
+        The data; several tensors are passed as ``model(*x)`` or ``model(**x)``
+        (:mod:`ppvae.data.rows`), and rows with an unobserved argument (all NaN) are scored
+        with it None (:func:`by_group`).
     idx : LongTensor, shape (N,), optional
         Row numbers of ``x`` in the training set (needed by per-datapoint guides).
     num_samples : int
@@ -252,6 +255,10 @@ def log_likelihood(
     (measured on a probe), so K = 5000 fits in memory on either.
 
     ``progress`` shows a bar over the chunks of examples (default: only on a terminal).
+
+    ``x`` may be a tuple or dict of tensors (:mod:`ppvae.data.rows`): the estimate is then of
+    log p(what the model observes | the arguments it conditions on), log p(y | x) for a
+    conditional model, each row with the arguments it has observed.
 
     Returns
     -------

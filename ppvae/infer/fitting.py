@@ -112,8 +112,9 @@ def training_step(
     calls = batched(model, config.plate), batched(guide, config.plate)
     train = as_rows(train, "training data").to(device)  # a tuple or dict: several tensors
     _same_on_every_rank(train, "training data")
-    layout = layout_for(train, config.batch_size)  # None unless some arguments are unobserved
-    check_supported(layout, config, distributed.ranks().world)
+    world = distributed.ranks().world
+    layout = layout_for(train, config.batch_size, world)  # None unless arguments are unobserved
+    check_supported(layout, config)
     x, batches = epoch_batches(train, dynamic, config, 0, layout)
     batches = distributed.shard_batches(batches)  # this rank's share of each global batch
     parts = [(x[batches[0]], batches[0], train.shape[0])]

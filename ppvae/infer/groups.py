@@ -15,7 +15,10 @@ pair once per group, on that group's rows with the unobserved arguments ``None``
   latents) weigh 1 / G in each of the G calls, so the summed loss is an unbiased estimate of
   minus the full-data ELBO: sum_g E[local terms of g] + E[log p(theta) - log q(theta)];
 - one optimizer, one history (with a ``batch_rows_<group>`` column per group: B_g) and one
-  checkpoint cover it all.
+  checkpoint cover it all;
+- under torchrun each B_g is a multiple of the number of ranks, and every rank's share of a
+  batch holds B_g / world rows of each group; a rank scales them by N_g world / B_g, and
+  averaging the ranks' gradients gives the weights N_g / B_g of one process.
 """
 
 from collections.abc import Callable
@@ -39,11 +42,15 @@ class Layout(NamedTuple):
     ----------
     groups : list of Group
     per_step : list of int
-        B_g, the rows of group g in every batch (their columns follow each other).
+        B_g, the rows of group g in every (global) batch.
+    world : int
+        The ranks that share each batch (torchrun): each B_g is a multiple of it, and each
+        rank's share of a batch holds B_g / world rows of every group, one group after another.
     """
 
     groups: list[Group]
     per_step: list[int]
+    world: int = 1
 
     @property
     def columns(self) -> dict[str, int]:
@@ -57,21 +64,23 @@ class Layout(NamedTuple):
         laid out by :func:`stratified_batches`."""
         found, start = [], 0
         for group, b in zip(self.groups, self.per_step, strict=True):
-            cols = slice(start, start + b)
+            cols = slice(start, start + b // self.world)  # this rank's share
             found.append((x[cols].present(group.present), idx[cols], len(group.rows)))
-            start += b
+            start += b // self.world
         return found
 
 
-def layout_for(train, batch_size: int) -> Layout | None:
-    """The train set's :class:`Layout`, or None when every argument of every row is observed."""
+def layout_for(train, batch_size: int, world: int = 1) -> Layout | None:
+    """The train set's :class:`Layout`, or None when every argument of every row is observed.
+    Under torchrun each B_g is rounded to a multiple of the ``world`` ranks."""
     if not isinstance(train, Rows):
         return None
     groups = train.groups()
     if all(all(g.present) for g in groups):
         return None
     n, b = len(train), min(batch_size, len(train))
-    return Layout(groups, [max(1, round(b * len(g.rows) / n)) for g in groups])
+    per = [world * max(1, round(b * len(g.rows) / n / world)) for g in groups]
+    return Layout(groups, per, world)
 
 
 def stratified_batches(layout: Layout, n: int, b: int, g: torch.Generator) -> torch.Tensor:
@@ -85,11 +94,26 @@ def stratified_batches(layout: Layout, n: int, b: int, g: torch.Generator) -> to
             [torch.randperm(size, generator=g, device=g.device) for _ in range(rounds)]
         )
         columns.append(group.rows.to(order.device)[order[:need]].view(steps, per))
-    return torch.cat(columns, 1)
+    # each rank's share (torchrun cuts a batch into equal column blocks) holds every group
+    shares = [c.chunk(layout.world, 1) for c in columns]
+    return torch.cat([share[r] for r in range(layout.world) for share in shares], 1)
 
 
 class OutsidePlateScale(Messenger):
-    """Weight ``factor`` for every sample site outside the plate ``plate`` (global latents)."""
+    """Weight ``factor`` for every sample site outside the plate ``plate`` (global latents).
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist
+    >>> from pyro import poutine
+    >>> def model():
+    ...     pyro.sample("w", dist.Normal(0.0, 1.0))
+    ...     with pyro.plate("data", 3):
+    ...         pyro.sample("x", dist.Normal(0.0, 1.0))
+    >>> trace = poutine.trace(OutsidePlateScale("data", 0.5)(model)).get_trace()
+    >>> trace.nodes["w"]["scale"], trace.nodes["x"]["scale"]
+    (0.5, 1.0)
+    """
 
     def __init__(self, plate: str, factor: float):
         super().__init__()
@@ -124,15 +148,10 @@ def combined_loss(
     return call
 
 
-def check_supported(layout: Layout | None, config, world: int) -> None:
-    """Partly observed data trains on one process, without jit: say so in one line."""
+def check_supported(layout: Layout | None, config) -> None:
+    """Partly observed data trains without jit: say so in one line."""
     if layout is None:
         return
-    if world > 1:
-        raise ConfigError(
-            "data with unobserved arguments (all-NaN rows) trains on one process for now: "
-            "run it without torchrun"
-        )
     if config.jit:
         raise ConfigError("jit=True does not trace data with unobserved arguments: set jit=False")
 

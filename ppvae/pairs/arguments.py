@@ -55,3 +55,17 @@ def unobserved_problems(model, model_sites, x, plate: str) -> list[str]:
         else "pass the data it observes as an argument"
     )
     return [f"the model observes nothing inside the plate '{plate}': {which}"]
+
+
+def by_group(problems, model, guide, x: Rows, idx, options) -> list[str] | None:
+    """``problems`` of each group of rows of partly observed data, called as ``fit`` calls it
+    (its unobserved arguments None), or None when every argument of every row is observed."""
+    groups = x.groups()
+    if all(all(g.present) for g in groups):
+        return None
+    found = []
+    for g in groups:
+        sub = None if idx is None else idx[g.rows.to(idx.device)]
+        rows = x[g.rows.to(x.device)].present(g.present)
+        found += problems(model, guide, rows, idx=sub, **options)
+    return list(dict.fromkeys(found))

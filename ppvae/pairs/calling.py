@@ -101,9 +101,9 @@ def self_subsampled(trace, plate: str) -> int | None:
     site = trace.nodes.get(plate)
     if site is None or not site_is_subsample(site):
         return None
-    fn = site["fn"]
-    drawn = fn.subsample_size is not None and fn.subsample_size < fn.size
-    return fn.subsample_size if drawn else None
+    # set only by the pair's own subsample_size (a plate given subsample=idx leaves it None);
+    # scoring stacks copies of the rows, so any such plate would draw some of them
+    return site["fn"].subsample_size
 
 
 SUBSAMPLED = (

@@ -28,7 +28,7 @@ from ppvae.pairs import (
     sample_sites,
     self_subsampled,
 )
-from ppvae.pairs.arguments import has_nan, signature_problems, unobserved_problems
+from ppvae.pairs.arguments import by_group, has_nan, signature_problems, unobserved_problems
 from ppvae.pairs.objectives import OBJECTIVES
 from ppvae.pairs.parameter_checks import param_problems
 
@@ -295,7 +295,9 @@ def problems(
     x = as_rows(x, "data")
     if isinstance(x, Rows):
         found = signature_problems(model, guide, x)
-        if found:
+        options = {"num_data": num_data, "objective": objective, "plate": plate}
+        found = found or by_group(problems, model, guide, x, idx, options)
+        if found is not None:
             return found
     args = (x, idx, num_data)
     calls = batched(model, plate), batched(guide, plate)
