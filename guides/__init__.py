@@ -18,8 +18,10 @@ from ppvae.guides.amortized import (
     LowRankHead,
     MaskedInput,
 )
+from ppvae.guides.cvae import CVAEGuide
 from ppvae.guides.flow import FlowHead
 from ppvae.guides.local import LocalGuide
+from ppvae.guides.m2 import M2Guide, classifier_pair
 from ppvae.guides.ppca_exact import ExactObservedPPCAGuide, ExactPPCAGuide
 from ppvae.nets import MLP, ConvEncoderNet
 
@@ -94,6 +96,20 @@ def masked_ppca_exact(arch: ArchConfig, shape: DataShape, model=None) -> ExactOb
     return ExactObservedPPCAGuide(model)
 
 
+def m2(arch: ArchConfig, shape: DataShape, model=None) -> M2Guide:
+    """q(y | x) q(z | x, y) of the m2 model, y enumerated (objective enum)."""
+    if shape.classes is None or not hasattr(model, "classes"):
+        raise ConfigError("the m2 guide needs the m2 model and labelled data (--labels N)")
+    return M2Guide(shape.x_dim, shape.classes, arch.z_dim, arch.hidden)
+
+
+def cvae(arch: ArchConfig, shape: DataShape, model=None) -> CVAEGuide:
+    """q(z | x, y) of the cvae model (its prior network where y is not given)."""
+    if not hasattr(model, "prior_net"):
+        raise ConfigError("the cvae guide needs the cvae model (--model cvae)")
+    return CVAEGuide(model, shape.x_dim, arch.z_dim, arch.hidden)
+
+
 #: The guides by name (``--guide``): each builds a guide from an ArchConfig, a DataShape and
 #: the model it pairs with.
 GUIDES: dict[str, Callable[..., nn.Module]] = {
@@ -106,11 +122,15 @@ GUIDES: dict[str, Callable[..., nn.Module]] = {
     "ppca-exact": ppca_exact,
     "masked-diag": masked_diagonal,
     "masked-ppca-exact": masked_ppca_exact,
+    "m2": m2,
+    "cvae": cvae,
 }
 
 __all__ = [
     "GUIDES",
     "AmortizedGuide",
+    "CVAEGuide",
+    "M2Guide",
     "DiagonalNormalHead",
     "ExactObservedPPCAGuide",
     "ExactPPCAGuide",
@@ -119,6 +139,7 @@ __all__ = [
     "LocalGuide",
     "LowRankHead",
     "MaskedInput",
+    "classifier_pair",
     "encoder_net",
     "masked",
 ]

@@ -9,8 +9,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ppvae.config import ArchConfig, DataShape
+from ppvae.config import ArchConfig, ConfigError, DataShape
+from ppvae.models.cvae import CVAE, BaselineNet
 from ppvae.models.decoders import BernoulliDecoder, ContinuousBernoulliDecoder, GaussianDecoder
+from ppvae.models.m2 import M2
 from ppvae.models.mixture import MixturePriorVAE
 from ppvae.models.ppca import PPCA
 from ppvae.models.sites import CLUSTER, DATA, LATENT, OBS, data_plate
@@ -60,6 +62,18 @@ def ppca(arch: ArchConfig, shape: DataShape) -> PPCA:
     return PPCA(shape.x_dim, arch.z_dim, missing=shape.missing)
 
 
+def m2(arch: ArchConfig, shape: DataShape) -> M2:
+    """Semi-supervised VAE M2 (Kingma 2014), y enumerated where unlabelled (--labels N)."""
+    if shape.classes is None:
+        raise ConfigError("the m2 model needs labelled data (--labels N)")
+    return M2(shape.x_dim, shape.classes, arch.z_dim, arch.hidden)
+
+
+def cvae(arch: ArchConfig, shape: DataShape) -> CVAE:
+    """Conditional VAE for quadrant completion (Pyro's cvae), on a plain network (--quadrants)."""
+    return CVAE(shape.x_dim, arch.z_dim, BaselineNet(shape.x_dim, arch.hidden), arch.hidden)
+
+
 #: The models by name (``--model``): each builds a model from an ArchConfig and a DataShape.
 MODELS: dict[str, Callable[[ArchConfig, DataShape], nn.Module]] = {
     "bernoulli": bernoulli,
@@ -68,6 +82,8 @@ MODELS: dict[str, Callable[[ArchConfig, DataShape], nn.Module]] = {
     "continuous-bernoulli": continuous_bernoulli,
     "mixture-prior": mixture_prior,
     "ppca": ppca,
+    "m2": m2,
+    "cvae": cvae,
 }
 
 __all__ = [
@@ -76,6 +92,9 @@ __all__ = [
     "LATENT",
     "MODELS",
     "OBS",
+    "BaselineNet",
+    "CVAE",
+    "M2",
     "MixturePriorVAE",
     "PPCA",
     "VAE",

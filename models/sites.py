@@ -62,3 +62,11 @@ def batch_rows(x: torch.Tensor | None, idx: torch.Tensor | None, batch_size: int
     if idx is not None:
         return idx.shape[0]
     return 1 if batch_size is None else batch_size
+
+
+LABEL = "y"
+"""The class label of a semi-supervised model, observed on labelled rows and enumerated on the
+others; also the output of a conditional model, ``y ~ p(y | x, z)``."""
+
+LABEL_AUX = "y_aux"
+"""The label observed by the auxiliary classifier q(y | x) (Kingma et al. 2014's extra loss)."""

@@ -306,9 +306,12 @@ class DataShape(typing.NamedTuple):
     missing : bool
         The data has missing entries (NaN): models are built to leave them out of the
         likelihood.
+    classes : int or None
+        C, the number of classes of labelled data (semi-supervised models), else None.
     """
 
     x_dim: int
     image_shape: tuple[int, ...] | None
     num_data: int
     missing: bool = False
+    classes: int | None = None

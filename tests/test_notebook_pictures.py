@@ -95,3 +95,11 @@ def test_notebook_01_shows_every_figure_it_draws():
         images = pngs(cell)
         assert len(images) == expected, cell.source
         assert all(image.startswith(PNG) for image in images), cell.source
+
+
+def test_notebook_07_shows_its_completed_quadrants():
+    """Notebook 07 draws one figure, the CVAE's completions from ``Predictive``, with pyplot."""
+    cells = [c for c in execute("07_labels_and_conditions.ipynb") if plot_cell(c.source)]
+    assert len(cells) == 1 and "Predictive(" in cells[0].source
+    images = pngs(cells[0])
+    assert len(images) == 1 and images[0].startswith(PNG)

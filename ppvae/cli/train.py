@@ -24,8 +24,17 @@ KEPT_ON_RESUME |= {"tensorboard", "mlflow"}
 """Flags a resumed run may be given: everything else is the saved run's own."""
 
 
-def _new_config(args):
+OWN_GUIDE = {"m2": ("m2", "enum"), "cvae": ("cvae", "trace")}
+"""The guide and objective a model that takes more than x gets unless --guide/--objective say."""
+
+
+def _new_config(args, given: set[str] = frozenset()):
     from ppvae.experiments.run_config import RunConfig
+
+    if args.model in OWN_GUIDE:
+        guide, objective = OWN_GUIDE[args.model]
+        args.guide = args.guide if "guide" in given else guide
+        args.objective = args.objective if "objective" in given else objective
 
     return RunConfig(
         dataset=args.dataset,
@@ -37,6 +46,8 @@ def _new_config(args):
         fit=fit_config(args),
         eval_samples=args.eval_samples,
         missing_rate=args.missing_rate,
+        labels=args.labels,
+        quadrants=args.quadrants,
     )
 
 
@@ -51,7 +62,7 @@ def _resumed_config(args, given: set[str]):
     from ppvae.experiments.saved_runs import saved_config
 
     saved = saved_config(args.out)  # config.json, checked against the checkpoint
-    requested, kept = _flat(_new_config(args)), _flat(saved)
+    requested, kept = _flat(_new_config(args, given)), _flat(saved)
     changed = sorted(d for d in given - KEPT_ON_RESUME if requested.get(d) != kept.get(d))
     if changed:
         flags = ", ".join(
@@ -75,7 +86,7 @@ def run(args, given: set[str]) -> int:
     from ppvae.experiments.run import train
 
     tracked = trackers(args, Path(args.out).name, "ppvae train")
-    config = _resumed_config(args, given) if args.resume else _new_config(args)
+    config = _resumed_config(args, given) if args.resume else _new_config(args, given)
     device = resolve_device(config.fit.device)
     with distributed.from_environment(device, args.backend):  # under torchrun: the group
         result = train(
@@ -98,7 +109,14 @@ def run(args, given: set[str]) -> int:
     if result.metrics is not None:
         m = result.metrics.iloc[0]
         k = int(m.num_samples)
-        print(f"test log p(x) ~ {m.log_px:.2f} +- {m.log_px_stderr:.3f} nats (K={k})")
+        what = {"quadrants": "log p(y|x)", "labels": "log p(x, y)"}  # cvae, m2
+        what = next((w for k, w in what.items() if getattr(config, k)), "log p(x)")
+        print(f"test {what} ~ {m.log_px:.2f} +- {m.log_px_stderr:.3f} nats (K={k})")
+        if "log_px_unlabelled" in m:
+            se = m.log_px_unlabelled_stderr
+            print(f"test log p(x), y summed out ~ {m.log_px_unlabelled:.2f} +- {se:.3f} nats")
+        if "accuracy" in m:
+            print(f"test accuracy of q(y|x): {m.accuracy:.3f}")
     print(f"outputs in {out}/: " + ", ".join(sorted({p.name for p in result.files})))
     return 0
 
@@ -119,6 +137,19 @@ def add(sub) -> None:
         default=0.0,
         help="make this share of the entries missing at random (seeded): the model leaves "
         "them out; pair it with --guide masked-diag (default: 0)",
+    )
+    g = p.add_argument_group("labels and conditions")
+    g.add_argument(
+        "--labels",
+        type=int,
+        help="--model m2: keep this many class-balanced training labels (a multiple of the "
+        "classes), hide the others",
+    )
+    g.add_argument(
+        "--quadrants",
+        type=int,
+        choices=[1, 2, 3],
+        help="--model cvae: complete images from this many given quadrants (Pyro's cvae)",
     )
     g = p.add_argument_group("model and guide")
     g.add_argument("--model", default="bernoulli", choices=list(MODELS), help=describe(MODELS))

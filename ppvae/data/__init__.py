@@ -13,6 +13,7 @@ from ppvae.data.dataset import (
     validate_data,
 )
 from ppvae.data.files import DEBIAN_FASHION_MNIST, IDX_FILES, resolve_root
+from ppvae.data.labels import one_hot, quadrants, with_labels
 from ppvae.data.loaders import DATASETS, load_dataset, synthetic_ppca
 from ppvae.data.rows import Group, Rows, as_rows
 from ppvae.data.transforms import BINARIZATIONS, binarize_sample, dequantize
@@ -37,4 +38,7 @@ __all__ = [
     "resolve_root",
     "synthetic_ppca",
     "validate_data",
+    "one_hot",
+    "quadrants",
+    "with_labels",
 ]

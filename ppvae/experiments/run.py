@@ -22,7 +22,6 @@ from ppvae.config import (
 )
 from ppvae.data import Dataset
 from ppvae.errors import (
-    DiagramWarning,
     DivergenceWarning,
     OutputError,
     first_line,
@@ -47,6 +46,8 @@ from ppvae.experiments.run_config import (
     build,
     load_data,
 )
+from ppvae.experiments.run_diagram import diagram
+from ppvae.experiments.run_extras import auxiliary, pretrained
 from ppvae.experiments.saved_runs import (
     check_data,
     check_same_run,
@@ -59,8 +60,6 @@ from ppvae.infer.holding import holding
 from ppvae.infer.loop import HISTORY_COLUMNS
 from ppvae.infer.resume import check_compatible
 from ppvae.outputs import Staging, check_output_dir, is_lock_file, resolve_link
-from ppvae.pairs.calling import accepts_indices
-from ppvae.pairs.diagram import render, write
 
 DIAGRAM = "model.svg"
 """The pair drawn (:func:`ppvae.render`), written into a new run's folder."""
@@ -183,8 +182,9 @@ def _start(run: RunConfig, out: Path, overwrite: bool, progress, hooks) -> RunRe
 def _train_new(run: RunConfig, data: Dataset, staging: Staging, progress, hooks) -> RunResult:
     pyro.clear_param_store()
     model, guide = build(run, data)
+    model = pretrained(run, data, model)
     run.save(staging.folder / CONFIG)
-    _diagram(model, guide, data.train[:8], staging.folder / DIAGRAM)
+    diagram(model, guide, data.train, staging.folder / DIAGRAM)
 
     def on_epoch(history: pd.DataFrame) -> None:
         staging.publish()  # the first checkpoint is written: the new run takes --out's place
@@ -200,6 +200,7 @@ def _train_new(run: RunConfig, data: Dataset, staging: Staging, progress, hooks)
         on_epoch=on_epoch,
         run_info=run_info(run, data),
         callbacks=hooks,
+        aux=auxiliary(guide),
     )
     staging.publish()  # stopped by Ctrl-C before the first epoch ended: its checkpoint counts
     done = _finish(run, data, result, staging.folder)
@@ -207,21 +208,12 @@ def _train_new(run: RunConfig, data: Dataset, staging: Staging, progress, hooks)
     return done
 
 
-def _diagram(model, guide, x: torch.Tensor, path: Path) -> None:
-    """Draw the pair on the rows ``x`` into ``path``; when it cannot be drawn (no Graphviz),
-    one warning line, and the run goes on."""
-    args = (x, torch.arange(len(x))) if accepts_indices(model) and accepts_indices(guide) else (x,)
-    try:
-        write(render(model, guide, *args), path)
-    except Exception as err:  # a drawing is never worth a run
-        warnings.warn(f"{path.name} not drawn: {first_line(err)}", DiagramWarning, stacklevel=2)
-
-
 def _train_quietly(run: RunConfig, data: Dataset, progress) -> RunResult:
     """A rank other than 0: the same training and evaluation, nothing written."""
     pyro.clear_param_store()
     model, guide = build(run, data)
-    result = fit(model, guide, data, run.fit, progress=False)
+    model = pretrained(run, data, model)
+    result = fit(model, guide, data, run.fit, progress=False, aux=auxiliary(guide))
     return _finish(run, data, result, None)
 
 
@@ -262,6 +254,7 @@ def _resume(run: RunConfig, out: Path, progress, hooks) -> RunResult:
         on_epoch=on_epoch if main else None,
         run_info=run_info(run, data),
         callbacks=hooks,
+        aux=auxiliary(guide),
     )
     if main:
         run.save(out / CONFIG)  # its epochs, once training has gone past the old ones
@@ -280,7 +273,10 @@ def _finish(run: RunConfig, data: Dataset, result: FitResult, out: Path | None) 
     if result.interrupted:
         return RunResult(result, None, files)
     model, guide = result.model, result.guide
-    test = data.test.to(distributed.local_device(resolve_device(run.fit.device)))
+    device = distributed.local_device(resolve_device(run.fit.device))
+    if isinstance(data.test, tuple):  # labels or conditions: the scores of the pair, no pictures
+        return _finish_more_than_x(run, data, result, out, files, device)
+    test = data.test.to(device)
     metrics, idx = None, None
     if not getattr(guide, "amortized", True) and hasattr(guide, "refined"):
         # a per-datapoint guide has no parameters for the test rows: fit them, model fixed
@@ -296,6 +292,19 @@ def _finish(run: RunConfig, data: Dataset, result: FitResult, out: Path | None) 
             files.append(_write_csv(metrics, out / METRICS))
     if out is not None:
         files += _pictures(result, data, test, out)
+    return RunResult(result, metrics, files)
+
+
+def _finish_more_than_x(run, data: Dataset, result: FitResult, out, files, device):
+    """Metrics of a pair that takes (x, y): ``evaluate`` on the test tuple (for a conditional
+    model its log p(y | x); for M2 log p(x, y), log p(x) and the accuracy of q(y | x))."""
+    test = tuple(t.to(device) for t in data.test)
+    with distributed.scoring_together():
+        metrics = evaluate(result.model, result.guide, test, num_samples=run.eval_samples)
+    if out is not None:
+        files.append(_write_csv(metrics, out / METRICS))
+        plots.elbo_curve(result.history, out / "elbo.png")
+        files.append(out / "elbo.png")
     return RunResult(result, metrics, files)
 
 

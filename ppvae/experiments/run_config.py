@@ -14,7 +14,7 @@ from ppvae.config import (
     DataShape,
     JsonConfig,
 )
-from ppvae.data import BINARIZATIONS, DATASETS, Dataset, load_dataset
+from ppvae.data import BINARIZATIONS, DATASETS, Dataset, load_dataset, quadrants, with_labels
 from ppvae.data.missing import mcar_dataset
 from ppvae.errors import (
     shown,
@@ -59,6 +59,12 @@ class RunConfig(JsonConfig):
         Share of the entries of train and test made missing completely at random (seeded by
         ``fit.seed``): the model leaves them out of its likelihood, and the metrics add the
         imputation error on the held-out test entries.
+    labels : int or None
+        Class-balanced training labels for the ``m2`` model (the other rows' labels hidden,
+        drawn with ``fit.seed``), see :func:`ppvae.data.with_labels`; needed by ``m2`` only.
+    quadrants : int or None
+        Given quadrants (1, 2 or 3) for the ``cvae`` model, which completes the others, see
+        :func:`ppvae.data.quadrants`; needed by ``cvae`` only.
 
     Examples
     --------
@@ -76,6 +82,8 @@ class RunConfig(JsonConfig):
     fit: FitConfig = field(default_factory=FitConfig)
     eval_samples: int = 1000
     missing_rate: float = 0.0
+    labels: int | None = None
+    quadrants: int | None = None
 
     def replace_epochs(self, epochs: int) -> "RunConfig":
         """This run with ``fit.epochs`` set to ``epochs`` (to extend it)."""
@@ -91,6 +99,27 @@ class RunConfig(JsonConfig):
             raise ConfigError(f"missing_rate must be in [0, 1), got {self.missing_rate}")
         if self.eval_samples < 1:
             raise ConfigError(f"eval_samples must be >= 1, got {self.eval_samples}")
+        _check_more_than_x(self)
+
+
+NEEDS = {"m2": "labels", "cvae": "quadrants"}
+"""The models that take more than x, and the setting that makes their data."""
+
+
+def _check_more_than_x(run: RunConfig) -> None:
+    """m2 needs --labels, cvae --quadrants (1-3), and no other model takes either."""
+    for model, setting in NEEDS.items():
+        flag = f"--{setting}"
+        if run.model == model and getattr(run, setting) is None:
+            raise ConfigError(f"--model {model} needs {flag} N")
+        if run.model != model and getattr(run, setting) is not None:
+            raise ConfigError(f"{flag} is for --model {model}, not {run.model}")
+    if run.quadrants is not None and run.quadrants not in (1, 2, 3):
+        raise ConfigError(f"--quadrants must be 1, 2 or 3 given quadrants, got {run.quadrants}")
+    if run.labels is not None and run.labels < 1:
+        raise ConfigError(f"--labels must be >= 1, got {run.labels}")
+    if run.model in NEEDS and run.missing_rate:
+        raise ConfigError(f"--missing-rate is not for --model {run.model}")
 
 
 def load_data(run: RunConfig, *, complete: bool = False) -> Dataset:
@@ -101,13 +130,20 @@ def load_data(run: RunConfig, *, complete: bool = False) -> Dataset:
     )
     if run.missing_rate and not complete:
         return mcar_dataset(data, run.missing_rate, seed=run.fit.seed)
+    if run.labels is not None:
+        return with_labels(data, run.labels, seed=run.fit.seed)
+    if run.quadrants is not None:
+        return quadrants(data, run.quadrants)
     return data
 
 
 def build(run: RunConfig, data: Dataset):
     """The model and guide of ``run``, sized for ``data``; seeded by ``run.fit.seed``."""
     torch.manual_seed(run.fit.seed)
-    rows = data.train.shape[0]
-    shape = DataShape(data.train.shape[1], data.image_shape, rows, missing=run.missing_rate > 0)
+    x = data.train[0] if isinstance(data.train, tuple) else data.train
+    classes = data.train[1].shape[1] if run.labels is not None else None
+    shape = DataShape(
+        x.shape[1], data.image_shape, x.shape[0], missing=run.missing_rate > 0, classes=classes
+    )
     model = MODELS[run.model](run.arch, shape)
     return model, GUIDES[run.guide](run.arch, shape, model)

@@ -47,9 +47,16 @@ MAY_CHANGE = ("fit.epochs", "data_dir")
 finished leaves the new epochs in the checkpoint alone, and the data may move to a new folder."""
 
 
+def sizes_of(x) -> list:
+    """The shape of a data tensor as a list, or of each tensor of a tuple (list of lists)."""
+    if isinstance(x, tuple | list):
+        return [list(t.shape) for t in x]
+    return list(x.shape)
+
+
 def run_info(run: RunConfig, data: Dataset) -> dict:
     """What a run's checkpoint records of the run, in plain values: its config and data sizes."""
-    sizes = {"train": list(data.train.shape), "test": list(data.test.shape)}
+    sizes = {"train": sizes_of(data.train), "test": sizes_of(data.test)}
     return {"config": run.to_dict(), "data": sizes}
 
 
@@ -112,7 +119,7 @@ def check_data(info: dict, data: Dataset, out: Path) -> None:
     """DataError unless the data loaded now has the sizes the run was trained on."""
     sizes = info.get("data") or {}
     for split in ("train", "test"):
-        now = list(getattr(data, split).shape)
+        now = sizes_of(getattr(data, split))
         if split in sizes and list(sizes[split]) != now:
             raise DataError(
                 f"the run in {out} was trained on {split} data of shape {tuple(sizes[split])}, "
