@@ -14,7 +14,7 @@ from torch import nn
 import ppvae
 from ppvae import ArchConfig, DataShape
 from ppvae.errors import DiagramError, DiagramWarning
-from ppvae.experiments import run as run_module
+from ppvae.experiments import run_diagram
 from ppvae.guides import GUIDES
 from ppvae.models import MODELS
 from ppvae.pairs.diagram import INSTALL_DOT
@@ -218,7 +218,7 @@ def test_without_dot_one_line_says_how_to_install_it(tmp_path, monkeypatch):
     assert "apt-get install graphviz" in INSTALL_DOT and "brew install graphviz" in INSTALL_DOT
     # ppvae train: a warning line, nothing written, and the run goes on
     with pytest.warns(DiagramWarning, match="model.svg not drawn: drawing needs Graphviz"):
-        run_module._diagram(model, guide, torch.rand(4, 6), tmp_path / "model.svg")
+        run_diagram.diagram(model, guide, torch.rand(4, 6), tmp_path / "model.svg")
     assert not (tmp_path / "model.svg").exists()
 
 
