@@ -2,6 +2,7 @@
 reaches the break-even and the run is one it can trace safely (a catalogue pair declared
 ``static_structure``, a compilable objective, one plain tensor), and records what it chose."""
 
+import argparse
 import math
 
 import pyro
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from ppvae import ArchConfig, DataShape, FitConfig
+from ppvae.cli.common import add_fit_args, fit_config, provided
 from ppvae.config import ConfigError
 from ppvae.guides import GUIDES
 from ppvae.infer import step as step_module
@@ -117,3 +119,12 @@ def test_none_true_and_false_round_trip_through_json():
     for jit in (None, True, False):
         assert FitConfig.from_json(FitConfig(jit=jit).to_json()).jit is jit
     assert FitConfig.from_dict({"jit": False}).jit is False  # an old config's false
+
+
+def test_the_cli_says_auto_unless_told_jit_or_no_jit():
+    p = argparse.ArgumentParser(allow_abbrev=False)
+    add_fit_args(p)
+    for argv, jit in (([], None), (["--jit"], True), (["--no-jit"], False)):
+        assert fit_config(p.parse_args(argv)).jit is jit
+    assert provided(p, ["--no-jit"]) == {"jit"}  # a resume's override is seen
+    assert "auto" in p.format_help()

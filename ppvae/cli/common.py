@@ -157,7 +157,7 @@ def add_fit_args(p: argparse.ArgumentParser) -> None:
         const=True,
         default=None,
         help="compile the training loss (torch.jit.trace): faster steps, same estimator "
-        "(default: auto, jit for a catalogue pair on a run of 500 steps or more)",
+        "(default: auto, jit for a catalogue pair on a CPU run of 500 steps or more)",
     )
     g.add_argument(
         "--no-jit", dest="jit", action="store_const", const=False, help="never compile the loss"

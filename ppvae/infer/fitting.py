@@ -117,6 +117,7 @@ def training_step(
     layout = layout_for(train, config.batch_size, world)  # None unless arguments are unobserved
     check_supported(layout, config)
     plain = isinstance(train, torch.Tensor) and layout is None and not aux and world == 1
+    plain = plain and device.type == "cpu"  # where the break-even was measured
     jit = resolves_to_jit(config, model, guide, train.shape[0], plain=plain)
     config = dataclasses.replace(config, jit=jit)  # auto decided, once
     x, batches = epoch_batches(train, dynamic, config, 0, layout)

@@ -37,7 +37,8 @@ class FitConfig(JsonConfig):
         float32 rounding; its first call traces, 0.25-0.8 s). None (the default) is auto:
         jit when ``epochs * (N // batch_size)`` reaches
         :data:`~ppvae.infer.step.JIT_BREAK_EVEN_STEPS` (500) and model and guide declare
-        ``static_structure = True`` (the catalogue's VAEs and amortized guides), else eager;
+        ``static_structure = True`` (the catalogue's VAEs and amortized guides), on plain
+        tensor data, on the CPU, one process, else eager;
         decided once per ``fit`` (:func:`~ppvae.infer.step.resolves_to_jit`), and
         ``FitResult.config.jit`` says which ran. True forces it (a trace records one path, so
         a pair whose structure depends on the data replays the wrong one without an error),

@@ -54,7 +54,8 @@ def resolves_to_jit(config, model, guide, rows: int, *, plain: bool) -> bool:
     and guide declare ``static_structure = True`` (the catalogue's VAEs and amortized guides:
     a trace records one path, and a pair whose path depends on the data would replay the wrong
     one), the objective compiles, there is no KL warm-up, and ``plain``: one tensor with every
-    argument observed, no auxiliary pairs, one process."""
+    argument observed, no auxiliary pairs, one process, on the CPU (the break-even was measured
+    there; under torch.distributed and on CUDA auto stays eager, untested there)."""
     if config.jit is not None:
         return config.jit
     steps = config.epochs * (rows // max(1, min(config.batch_size, rows)))
