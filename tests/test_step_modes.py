@@ -90,7 +90,7 @@ def digits_pair(data, seed=0):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_every_mode_resumes_to_the_uninterrupted_result(mode, digits, tmp_path, monkeypatch):
-    config = FitConfig(epochs=2, batch_size=256, lr=3e-3, seed=3, **MODES[mode])
+    config = FitConfig(epochs=2, batch_size=256, lr=3e-3, seed=3, device="cpu", **MODES[mode])
     # auto: a break-even of the run's 10 steps, so it compiles, and decides so again on resume
     monkeypatch.setattr("ppvae.infer.step.JIT_BREAK_EVEN_STEPS", 10)
     pyro.clear_param_store()

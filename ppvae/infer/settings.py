@@ -34,7 +34,7 @@ class FitConfig(JsonConfig):
         Python work of Pyro's traces is done once, and each step replays the recorded
         operations (11-15% less CPU time a step for a 784-400-50 VAE at batch 128, none at
         1024: ``benchmarks/results/step_time_cpu.md``; the same loss and gradients as eager to
-        float32 rounding; its first call traces, 0.25-0.8 s). None (the default) is auto:
+        float32 rounding; its first call traces, 0.1-0.8 s). None (the default) is auto:
         jit when ``epochs * (N // batch_size)`` reaches
         :data:`~ppvae.infer.step.JIT_BREAK_EVEN_STEPS` (500) and model and guide declare
         ``static_structure = True`` (the catalogue's VAEs and amortized guides), on plain

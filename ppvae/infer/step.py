@@ -42,9 +42,9 @@ def _compiled(loss: Callable) -> Callable:
 
 JIT_BREAK_EVEN_STEPS = 500
 """The fewest expected steps (``epochs * (N // batch_size)``) at which ``FitConfig(jit=None)``
-compiles the loss: tracing costs 0.25-0.8 s once and saves about 2-3 ms a step for a 784-400-50
-VAE at batch 128 on one CPU thread (``benchmarks/results/step_time_cpu.md``), so it pays back
-after 100-380 steps; 500 leaves room for a slower trace."""
+compiles the loss. Measured for a 784-400-50 VAE at batch 128 on one CPU thread
+(``benchmarks/results/step_time_cpu.md``): the trace costs 0.1-0.8 s once and saves 1.3-2.2 ms
+of CPU a step, so it pays back after 65-380 steps, by run and load; 500 is above all of them."""
 
 
 def resolves_to_jit(config, model, guide, rows: int, *, plain: bool) -> bool:
