@@ -82,7 +82,7 @@ class VAE(PyroModule):
 
     static_structure = True
     """The same sites and operations for every batch (missing entries are a mask, not a
-    branch), so ``fit``'s auto mode may compile its loss (:class:`~ppvae.FitConfig` ``jit``)."""
+    branch), so ``fit``'s auto mode may compile its loss (``FitConfig.jit``)."""
 
     def __init__(
         self, decoder: PyroModule, z_dim: int, *, missing: bool = False, name: str = "model"

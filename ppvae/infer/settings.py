@@ -36,7 +36,7 @@ class FitConfig(JsonConfig):
         1024: ``benchmarks/results/step_time_cpu.md``; the same loss and gradients as eager to
         float32 rounding; its first call traces, 0.1-0.8 s). None (the default) is auto:
         jit when ``epochs * (N // batch_size)`` reaches
-        :data:`~ppvae.infer.step.JIT_BREAK_EVEN_STEPS` (500) and model and guide declare
+        ``ppvae.infer.step.JIT_BREAK_EVEN_STEPS`` (500) and model and guide declare
         ``static_structure = True`` (the catalogue's VAEs and amortized guides), on plain
         tensor data, on the CPU, one process, else eager;
         decided once per ``fit`` (:func:`~ppvae.infer.step.resolves_to_jit`), and

@@ -49,7 +49,7 @@ of CPU a step, so it pays back after 65-380 steps, by run and load; 500 is above
 
 def resolves_to_jit(config, model, guide, rows: int, *, plain: bool) -> bool:
     """What ``config.jit`` means for this run: True or False as given; None (auto) is True
-    when the run is long enough to pay the trace back (:data:`JIT_BREAK_EVEN_STEPS` expected
+    when the run is long enough to pay the trace back (``JIT_BREAK_EVEN_STEPS`` expected
     steps over ``config.epochs`` in all, so a resume decides as the first start did), the model
     and guide declare ``static_structure = True`` (the catalogue's VAEs and amortized guides:
     a trace records one path, and a pair whose path depends on the data would replay the wrong
