@@ -309,7 +309,13 @@ def fit_step(train: torch.Tensor, batch: int, **mode):
     model, guide = catalogue_pair(len(train), train.device, prefix=prefix)
     config = FitConfig(batch_size=batch, lr=LR, device=str(train.device), **mode)
     step = training_step(model, guide, train, config)
-    return (lambda x, idx: step(x, idx, len(train))), index_batches(train, batch)
+
+    def run(x, idx):
+        return step(x, idx, len(train))
+
+    if not mode:  # the default FitConfig: auto, resolved for a 100-epoch run
+        run.label = f"fit (default: auto -> {'jit' if step.jit else 'eager'})"
+    return run, index_batches(train, batch)
 
 
 def index_batches(train: torch.Tensor, batch: int):
@@ -347,6 +353,7 @@ VARIANTS = {
     "pythae trainer": pythae_trainer,
     "fit": fit_step,
     "fit jit": lambda train, batch: fit_step(train, batch, jit=True),
+    "fit no-jit": lambda train, batch: fit_step(train, batch, jit=False),
 }
 
 
@@ -363,7 +370,9 @@ def worker(args) -> list[dict]:
             if args.only and name not in args.only:
                 continue
             try:
-                variants[name] = make(train, args.batch_size)
+                built = make(train, args.batch_size)
+                name = getattr(built[0], "label", name)  # the default fit: its resolved mode
+                variants[name] = built
                 # the first step compiles, if anything does (a fori_loop block: its shape)
                 n = args.steps if getattr(variants[name][0], "block", None) else 1
                 first[name] = timed_block(*variants[name], n, device)[0] * n

@@ -146,6 +146,9 @@ class AmortizedGuide(PyroModule):
     torch.Size([5, 2])
     """
 
+    static_structure = True
+    """The same operations for every batch, so ``fit``'s auto mode may compile the loss."""
+
     def __init__(self, net: nn.Module, head: nn.Module, *, name: str = "guide"):
         super().__init__(name)
         self.net = net

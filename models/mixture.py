@@ -54,6 +54,9 @@ class MixturePriorVAE(VAE):
     (torch.Size([5]), torch.Size([5, 2]))
     """
 
+    static_structure = False
+    """Its enumerated cluster site is not tested under a compiled loss: auto stays eager."""
+
     def __init__(
         self,
         decoder: PyroModule,

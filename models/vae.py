@@ -80,6 +80,10 @@ class VAE(PyroModule):
     torch.Size([3, 64])
     """
 
+    static_structure = True
+    """The same sites and operations for every batch (missing entries are a mask, not a
+    branch), so ``fit``'s auto mode may compile its loss (``FitConfig.jit``)."""
+
     def __init__(
         self, decoder: PyroModule, z_dim: int, *, missing: bool = False, name: str = "model"
     ):

@@ -132,7 +132,10 @@ def test_a_training_step_never_reads_a_tensor_on_the_host(
     model = MODELS[model_name](arch, shape)
     guide = GUIDES[guide_name](arch, shape, model)
     x = torch.rand(200, 64).round()
-    config = FitConfig(objective=objective, num_particles=3, batch_size=32, device="cpu")
+    # eager: a compiled step's first call traces, and tracing reads values on the host
+    config = FitConfig(
+        objective=objective, num_particles=3, batch_size=32, device="cpu", jit=False
+    )
     step = training_step(model, guide, x, config)
     params = list(model.parameters()) + list(guide.parameters())
     before = [p.detach().clone() for p in params]

@@ -13,9 +13,9 @@ from ppvae.infer.fitting import fit, training_step
 from ppvae.models import MODELS
 from tests.conftest import steps_then_sigint
 
-# each fast mode as FitConfig fields; {} is the default (eager) step
-MODES = {"eager": {}, "jit": {"jit": True}}
-FAST = [m for m in MODES if m != "eager"]
+# each mode as FitConfig fields; {} is the default, auto
+MODES = {"eager": {"jit": False}, "jit": {"jit": True}, "auto": {}}
+FAST = ["jit"]
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 
 
@@ -90,7 +90,9 @@ def digits_pair(data, seed=0):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_every_mode_resumes_to_the_uninterrupted_result(mode, digits, tmp_path, monkeypatch):
-    config = FitConfig(epochs=2, batch_size=256, lr=3e-3, seed=3, **MODES[mode])
+    config = FitConfig(epochs=2, batch_size=256, lr=3e-3, seed=3, device="cpu", **MODES[mode])
+    # auto: a break-even of the run's 10 steps, so it compiles, and decides so again on resume
+    monkeypatch.setattr("ppvae.infer.step.JIT_BREAK_EVEN_STEPS", 10)
     pyro.clear_param_store()
     model, guide = digits_pair(digits)
     fit(model, guide, digits, config)
@@ -105,7 +107,8 @@ def test_every_mode_resumes_to_the_uninterrupted_result(mode, digits, tmp_path, 
     assert ckpt.load(path)["progress"]["epoch"] == 1
     pyro.clear_param_store()
     model, guide = digits_pair(digits, seed=99)  # another init, overwritten by the resume
-    assert not fit(model, guide, digits, config, checkpoint=path, resume=True).interrupted
+    resumed = fit(model, guide, digits, config, checkpoint=path, resume=True)
+    assert not resumed.interrupted and resumed.config.jit is (mode != "eager")
     got = dict(pyro.get_param_store().items())
     assert got.keys() == expected.keys()
     for k in expected:

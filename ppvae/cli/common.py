@@ -153,8 +153,14 @@ def add_fit_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--jit",
-        action="store_true",
-        help="compile the training loss (torch.jit.trace): faster steps, same estimator",
+        action="store_const",
+        const=True,
+        default=None,
+        help="compile the training loss (torch.jit.trace): faster steps, same estimator "
+        "(default: auto, jit for a catalogue pair on a CPU run of 500 steps or more)",
+    )
+    g.add_argument(
+        "--no-jit", dest="jit", action="store_const", const=False, help="never compile the loss"
     )
     g.add_argument("--beta", type=float, default=f.beta, help="weight of the KL term (beta-VAE)")
     g.add_argument(

@@ -4,6 +4,7 @@
 are index tensors into data already on the training device; there is no DataLoader.
 """
 
+import dataclasses
 import os
 import sys
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from ppvae.infer.loop import (
 )
 from ppvae.infer.resume import restore, state
 from ppvae.infer.settings import FitConfig, FitResult, resolve_device
+from ppvae.infer.step import resolves_to_jit
 from ppvae.pairs import (
     SUBSAMPLED,
     batched,
@@ -114,6 +116,10 @@ def training_step(
     world = distributed.ranks().world
     layout = layout_for(train, config.batch_size, world)  # None unless arguments are unobserved
     check_supported(layout, config)
+    plain = isinstance(train, torch.Tensor) and layout is None and not aux and world == 1
+    plain = plain and device.type == "cpu"  # where the break-even was measured
+    jit = resolves_to_jit(config, model, guide, train.shape[0], plain=plain)
+    config = dataclasses.replace(config, jit=jit)  # auto decided, once
     x, batches = epoch_batches(train, dynamic, config, 0, layout)
     batches = distributed.shard_batches(batches)  # this rank's share of each global batch
     parts = [(x[batches[0]], batches[0], train.shape[0])]
@@ -134,7 +140,7 @@ def training_step(
     extra, aux_tensors = aux_losses(aux, layout, parts, config, device, nesting)
     tensors = aux_tensors | tensors
     step = Step(*calls, {k: v for k, v in tensors.items() if v.requires_grad}, config, nesting)
-    step.subsampled, step.layout = subsampled, layout
+    step.subsampled, step.layout, step.jit = subsampled, layout, jit
     step.weighted = step.weighted or bool(extra)  # train_objective is not the pair's ELBO
     if layout is not None or extra:
         step.loss = combined_loss(step.loss, layout, config.plate, extra)
@@ -314,7 +320,8 @@ def _fit(
         except Exception as err:  # the trackers mark their run failed; fit still raises
             hooks.failed(err)
             raise
-    result = FitResult(_history(status, step), model, guide, config, interrupted=stopped)
+    ran = dataclasses.replace(config, jit=step.jit)  # the mode that ran, auto resolved
+    result = FitResult(_history(status, step), model, guide, ran, interrupted=stopped)
     hooks.end(result)
     return result
 

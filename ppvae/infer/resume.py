@@ -60,9 +60,12 @@ def _set_rng_states(saved, path) -> None:
 
 
 def check_compatible(saved: dict[str, Any], config, path) -> None:
-    """Raise ConfigError unless ``config`` matches the saved one in everything but epochs."""
+    """Raise ConfigError unless ``config`` matches the saved one in everything but epochs and
+    jit (which computes the same loss: an old checkpoint's false resumes under auto)."""
     current = config.to_dict()
-    differ = sorted(k for k, v in saved.items() if k != "epochs" and current.get(k) != v)
+    differ = sorted(
+        k for k, v in saved.items() if k not in ("epochs", "jit") and current.get(k) != v
+    )
     if differ:
         raise ConfigError(f"{path} was written with different settings: {', '.join(differ)}")
 

@@ -29,18 +29,23 @@ class FitConfig(JsonConfig):
         A key of :data:`ppvae.pairs.objectives.OBJECTIVES`.
     num_particles : int
         Samples of z per example per step (K of the IWAE bound).
-    jit : bool
+    jit : bool or None
         Compile the training loss with ``torch.jit.trace`` (through ``pyro.ops.jit``): the
         Python work of Pyro's traces is done once, and each step replays the recorded
-        operations. Faster than eager on the CPU for small batches (11-15% less CPU time a
-        step for a 784-400-50 VAE at batch 128, none at 1024:
-        ``benchmarks/results/step_time_cpu.md``; the same loss and gradients as eager to
-        float32 rounding; its first call traces, 0.1-0.6 s); for the objectives whose loss
-        ppvae builds itself (trace, mean-field, iwae, score), without a KL warm-up (the weight
-        would be compiled in), on models of static structure. Not the default: a trace
-        records one path, so a pair whose structure depends on the data would replay the
-        wrong one without an error. (Measured and not offered: ``torch.compile`` of the whole
-        step, oneDNN's matmul and transposed weights, none faster than eager here.)
+        operations (11-15% less CPU time a step for a 784-400-50 VAE at batch 128, none at
+        1024: ``benchmarks/results/step_time_cpu.md``; the same loss and gradients as eager to
+        float32 rounding; its first call traces, 0.1-0.8 s). None (the default) is auto:
+        jit when ``epochs * (N // batch_size)`` reaches
+        ``ppvae.infer.step.JIT_BREAK_EVEN_STEPS`` (500) and model and guide declare
+        ``static_structure = True`` (the catalogue's VAEs and amortized guides), on plain
+        tensor data, on the CPU, one process, else eager;
+        decided once per ``fit`` (:func:`~ppvae.infer.step.resolves_to_jit`), and
+        ``FitResult.config.jit`` says which ran. True forces it (a trace records one path, so
+        a pair whose structure depends on the data replays the wrong one without an error),
+        False forces eager. Only the objectives whose loss ppvae builds itself compile (trace,
+        mean-field, iwae, score), without a KL warm-up (the weight would be compiled in).
+        (Measured and not offered: ``torch.compile`` of the whole step, oneDNN's matmul and
+        transposed weights, none faster than eager here.)
     beta : float
         Weight of the KL term (beta-VAE; 1 is the ELBO).
     kl_warmup_epochs : int
@@ -82,7 +87,7 @@ class FitConfig(JsonConfig):
     lr: float = 3e-3
     objective: str = "trace"
     num_particles: int = 1
-    jit: bool = False
+    jit: bool | None = None
     beta: float = 1.0
     kl_warmup_epochs: int = 0
     test_samples: int = 1
@@ -125,6 +130,7 @@ class FitResult(NamedTuple):
     model, guide
         The trained model and guide (on the training device).
     config : FitConfig
+        The config as run: ``jit`` is True or False, auto resolved.
     interrupted : bool
         True when training stopped early on Ctrl-C (a checkpoint was saved to resume from).
     """

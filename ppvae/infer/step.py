@@ -40,6 +40,34 @@ def _compiled(loss: Callable) -> Callable:
     return call
 
 
+JIT_BREAK_EVEN_STEPS = 500
+"""The fewest expected steps (``epochs * (N // batch_size)``) at which ``FitConfig(jit=None)``
+compiles the loss. Measured for a 784-400-50 VAE at batch 128 on one CPU thread
+(``benchmarks/results/step_time_cpu.md``): the trace costs 0.1-0.8 s once and saves 1.3-2.2 ms
+of CPU a step, so it pays back after 65-380 steps, by run and load; 500 is above all of them."""
+
+
+def resolves_to_jit(config, model, guide, rows: int, *, plain: bool) -> bool:
+    """What ``config.jit`` means for this run: True or False as given; None (auto) is True
+    when the run is long enough to pay the trace back (``JIT_BREAK_EVEN_STEPS`` expected
+    steps over ``config.epochs`` in all, so a resume decides as the first start did), the model
+    and guide declare ``static_structure = True`` (the catalogue's VAEs and amortized guides:
+    a trace records one path, and a pair whose path depends on the data would replay the wrong
+    one), the objective compiles, there is no KL warm-up, and ``plain``: one tensor with every
+    argument observed, no auxiliary pairs, one process, on the CPU (the break-even was measured
+    there; under torch.distributed and on CUDA auto stays eager, untested there)."""
+    if config.jit is not None:
+        return config.jit
+    steps = config.epochs * (rows // max(1, min(config.batch_size, rows)))
+    return bool(
+        plain
+        and steps >= JIT_BREAK_EVEN_STEPS
+        and all(getattr(f, "static_structure", False) is True for f in (model, guide))
+        and OBJECTIVES[config.objective].lean is not None
+        and not config.kl_warmup_epochs
+    )
+
+
 def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
     """One Adam over all parameters, with torch's fused kernel where the parameters allow it
     (CPU and CUDA floating point, torch >= 2.4: 2.5x faster than the per-tensor loop on the
