@@ -35,7 +35,7 @@ def one_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-CHOICES = "bernoulli, gaussian, gaussian-learned, continuous-bernoulli, mixture-prior, ppca"
+CHOICES = ", ".join(MODELS)  # the registry, in its order
 
 
 @pytest.mark.parametrize(
