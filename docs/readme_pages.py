@@ -37,6 +37,7 @@ def write(out: Path) -> list[str]:
     for title, body in parts:
         name = slug(title)
         page = f"# {title}\n{promote(body)}\n"
+        page = page.replace("](docs/", "](../../")  # README links, from docs/_generated/guide/
         path = out / f"{name}.md"
         if not path.exists() or path.read_text() != page:  # unchanged pages keep their mtime
             path.write_text(page)

@@ -87,6 +87,7 @@ class Rows:
 
     @property
     def first(self) -> Tensor:
+        """The first tensor (the one a dynamic data set re-binarizes)."""
         return self.tensors[0]
 
     @property
@@ -101,10 +102,12 @@ class Rows:
 
     @property
     def device(self) -> torch.device:
+        """The device of the first tensor (all are moved together)."""
         return self.first.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the first floating tensor."""
         return self.floating.dtype
 
     def __len__(self) -> int:
@@ -145,9 +148,11 @@ class Rows:
         return self.map(lambda t: t.repeat(copies, *([1] * (t.dim() - 1))))
 
     def new_zeros(self, *size, **kwargs) -> Tensor:
+        """Zeros like the first floating tensor's (its device and dtype)."""
         return self.floating.new_zeros(*size, **kwargs)
 
     def new_full(self, *size, **kwargs) -> Tensor:
+        """A filled tensor like the first floating tensor's (its device and dtype)."""
         return self.floating.new_full(*size, **kwargs)
 
     def with_first(self, first: Tensor) -> "Rows":

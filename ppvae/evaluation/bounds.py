@@ -133,7 +133,7 @@ def elbo_terms(
     x : Tensor, shape (N, D), or a tuple or dict of tensors
         The data; several tensors are passed as ``model(*x)`` or ``model(**x)``
         (:mod:`ppvae.data.rows`), and rows with an unobserved argument (all NaN) are scored
-        with it None (:func:`by_group`).
+        with it None (``by_group``).
     idx : LongTensor, shape (N,), optional
         Row numbers of ``x`` in the training set (needed by per-datapoint guides).
     num_samples : int

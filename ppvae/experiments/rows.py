@@ -94,7 +94,7 @@ def prepare(config: CompareConfig) -> Split:
     return Split(train.double().to(device), test.double().to(device), levels, data.image_shape)
 
 
-ROW_CALLBACKS: ContextVar[tuple] = ContextVar("row_callbacks", default=())
+_ROW_CALLBACKS: ContextVar[tuple] = ContextVar("row_callbacks", default=())
 """Callbacks (:mod:`ppvae.infer.callbacks`) given to the fit of every SVI row, set by
 :func:`row_callbacks` (``ppvae compare --tensorboard/--mlflow``: each row's epochs)."""
 
@@ -102,11 +102,11 @@ ROW_CALLBACKS: ContextVar[tuple] = ContextVar("row_callbacks", default=())
 @contextlib.contextmanager
 def row_callbacks(callbacks):
     """Give ``callbacks`` to the fit of every SVI row of the tables made in the block."""
-    token = ROW_CALLBACKS.set(tuple(callbacks))
+    token = _ROW_CALLBACKS.set(tuple(callbacks))
     try:
         yield
     finally:
-        ROW_CALLBACKS.reset(token)
+        _ROW_CALLBACKS.reset(token)
 
 
 def timed(fn: Callable):
@@ -138,7 +138,7 @@ def svi(model_key: str, guide_key: str, split, config: CompareConfig, **options)
             split.train.float(),
             fit_config,
             progress=False,
-            callbacks=list(ROW_CALLBACKS.get()),
+            callbacks=list(_ROW_CALLBACKS.get()),
         )
     )
     if result.interrupted:  # Ctrl-C: stop the comparison rather than score a half-trained row
@@ -201,7 +201,8 @@ def fit_table(
     on_row: Callable[[pd.DataFrame], None] | None = None,
 ) -> pd.DataFrame:
     """The table of the methods ``chosen`` (name to method), ``score(name, method)`` giving
-    each row's columns but its name; the machinery of :func:`compare` and
+    each row's columns but its name; the machinery of
+    :func:`~ppvae.experiments.compare.compare` and
     :func:`ppvae.experiments.compare_missing.compare_missing`.
 
     The kept rows of ``done`` are not fitted again. A row that raises is noted

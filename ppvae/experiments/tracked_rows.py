@@ -29,6 +29,7 @@ class Epochs(Callback):
         self.history = None
 
     def on_epoch_end(self, row: dict[str, float], history: pd.DataFrame) -> None:
+        """Keep the epoch's row, to log with the table row it belongs to."""
         self.history = history
 
     def take(self) -> pd.DataFrame | None:

@@ -130,6 +130,8 @@ class TensorBoardTracker(Callback):
             self.writer.add_scalar(tag, value, step)
 
     def on_train_start(self, start: TrainingStart) -> None:
+        """Open the run's log folder (the same one on resume): the config as hparams, the
+        rows already trained as scalars."""
         kept, rows = start.kept(self.NAME), start.history
         if kept:  # resumed: the last saved epoch may or may not have been logged
             last = int(rows.epoch.iloc[-1]) if len(rows) else None
@@ -144,10 +146,12 @@ class TensorBoardTracker(Callback):
         self.writer.flush()
 
     def on_epoch_end(self, row: dict[str, float], history: pd.DataFrame) -> None:
+        """The epoch's history row as scalars at step = epoch."""
         self._scalars(numbers(row), int(row["epoch"]))
         self.writer.flush()
 
     def on_train_end(self, result, out: Path | None = None) -> None:
+        """``metrics.csv`` as ``final/<column>``, the run's PNGs as images; the writer closed."""
         step, out = len(result.history), finished(result, out)
         self._scalars(final_metrics(out), step)
         for png in [] if out is None else sorted(out.glob("*.png")):
@@ -155,6 +159,7 @@ class TensorBoardTracker(Callback):
         self.writer.close()
 
     def on_train_error(self, error: BaseException) -> None:
+        """Close the writer: the epochs logged before the error stay."""
         self.writer.close()  # what was logged stays: the epochs before the error
 
     def _image(self, png: Path, step: int) -> None:
@@ -259,6 +264,7 @@ class MLflowTracker(Callback):
             self.client.log_batch(self.run_id, metrics=metrics)
 
     def on_train_start(self, start: TrainingStart) -> None:
+        """Start the MLflow run (or continue the saved one on resume) with the config as params."""
         kept, rows = start.kept(self.NAME), start.history
         if kept:  # the same run, in the store it is in
             self.run_id, self.uri = kept["run_id"], kept.get("tracking_uri", self.uri)
@@ -272,9 +278,12 @@ class MLflowTracker(Callback):
             self._metrics(numbers(row), int(row["epoch"]))
 
     def on_epoch_end(self, row: dict[str, float], history: pd.DataFrame) -> None:
+        """The epoch's history row as metrics at step = epoch."""
         self._metrics(numbers(row), int(row["epoch"]))
 
     def on_train_end(self, result, out: Path | None = None) -> None:
+        """``metrics.csv`` as ``final/<column>``, the run folder as artifacts; the run FINISHED
+        (KILLED after Ctrl-C)."""
         out = finished(result, out)
         self._metrics(final_metrics(out), len(result.history))
         for path in [] if out is None else outputs(out):
@@ -282,6 +291,7 @@ class MLflowTracker(Callback):
         self.client.set_terminated(self.run_id, "KILLED" if result.interrupted else "FINISHED")
 
     def on_train_error(self, error: BaseException) -> None:
+        """Mark the run FAILED, with the epochs logged before the error."""
         self.client.set_terminated(self.run_id, "FAILED")
 
     def log_row(self, name: str, values: dict, row: dict, files: list[Path], history=None):

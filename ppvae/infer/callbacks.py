@@ -139,18 +139,24 @@ class CallbackList:
                 )
 
     def start(self, start: TrainingStart) -> None:
+        """Tell every callback that training starts (or resumes)."""
         self.call("on_train_start", start)
 
     def epoch(self, history: pd.DataFrame) -> None:
+        """Tell every callback of the epoch that ended (the last row of ``history``)."""
         self.call("on_epoch_end", history.iloc[-1].to_dict(), history)
 
     def checkpoint(self, path) -> None:
+        """Tell every callback of the checkpoint written at ``path``."""
         self.call("on_checkpoint", Path(path))
 
     def failed(self, error: BaseException) -> None:
+        """Tell every callback that training stopped on ``error``."""
         self.call("on_train_error", error)
 
     def end(self, result, out: Path | None = None, *, outputs: bool = False) -> None:
+        """Tell every callback that training ended (with ``outputs_follow``, only once
+        ``outputs`` is true)."""
         if self.outputs_follow and not outputs:
             return
         self.call("on_train_end", result, None if out is None else Path(out))
