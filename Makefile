@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PINS := torch==2.14.1 torchvision==0.29.1
 DEMO := runs/demo
 
-.PHONY: install demo test notebooks lint clean assignment docs docs-check wheel-check
+.PHONY: install demo test notebooks lint clean assignment docs docs-check wheel-check graphviz
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,12 +21,12 @@ demo: install
 	@echo "demo outputs are in $(DEMO)/ (config.json, history.csv, metrics.csv, *.png)"
 
 # the notebooks run in their smoke mode here (PPVAE_SMOKE); `make notebooks` runs them in full
-test: install lint
+test: install lint graphviz
 	PPVAE_SMOKE=1 $(BIN)/python -m pytest -q tests $(wildcard notebooks/*.ipynb) --nbmake
 
 # every notebook top to bottom at full size: about 5 minutes on 2 idle cores, an hour per cell
 # allowed for a busy machine
-notebooks: install
+notebooks: install graphviz
 	env -u CI -u PPVAE_SMOKE $(BIN)/python -m pytest -q $(wildcard notebooks/*.ipynb) \
 		--nbmake --nbmake-timeout=3600
 
@@ -39,6 +39,11 @@ assignment: install
 	rm -rf $(ASSIGNMENT_OUT)
 	$(BIN)/otter assign $(ASSIGNMENT) $(ASSIGNMENT_OUT)
 	@echo "student notebook: $(ASSIGNMENT_OUT)/student/; autograder: $(ASSIGNMENT_OUT)/autograder/"
+
+# Graphviz's dot (the diagrams in the tests and notebooks): Debian's package when missing and
+# root; else one line saying how to install it
+graphviz:
+	@.ci/graphviz
 
 lint: install
 	$(BIN)/ruff check .
