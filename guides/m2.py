@@ -74,8 +74,6 @@ class M2Guide(PyroModule):
                 ys = pyro.sample(
                     LABEL, self.label_distribution(xs), infer={"enumerate": "parallel"}
                 )
-            else:  # q(y | x) on no rows: its weights are read (into Pyro's param store) on a
-                self.encoder_y(xs[:0])  # labelled batch too, as a group checked alone needs
             loc, rho = self.encoder_z(joined(xs, ys)).split(self.z_dim, -1)
             pyro.sample(LATENT, dist.Normal(loc, positive(rho)).to_event(1))
 

@@ -48,6 +48,7 @@ from ppvae.pairs import (
     self_subsampled,
 )
 from ppvae.pairs.checker import check
+from ppvae.pairs.parameter_checks import module_problems
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -126,11 +127,11 @@ def training_step(
     if layout is not None:
         parts = layout.parts(*parts[0][:2])
     nesting, tensors, subsampled = 1, {}, None
+    grouped = {"_seen_in_all": set()} if len(parts) > 1 else {}  # networks judged over all
     for rows, idx, n in parts:  # each group of rows, called as its steps call it
         place(model, guide, rows, device, config.plate, idx=idx)
-        check(
-            model, guide, rows, idx=idx, num_data=n, objective=config.objective, plate=config.plate
-        )
+        options = {"idx": idx, "num_data": n, "objective": config.objective} | grouped
+        check(model, guide, rows, plate=config.plate, **options)
         structure = probe(*calls, rows, idx, plate=config.plate)
         traces = run_pair(*calls, rows, idx)
         _check_objective(config, structure, traces[1])
@@ -139,6 +140,10 @@ def training_step(
         subsampled = subsampled or self_subsampled(traces[0], config.plate)  # Pyro's own
     extra, aux_tensors = aux_losses(aux, layout, parts, config, device, nesting)
     tensors = aux_tensors | tensors
+    if grouped:  # a q(y | x) that only unlabelled rows (or an aux pair) call still trains
+        seen = grouped["_seen_in_all"] | {id(t) for t in tensors.values()}
+        if found := module_problems(model, guide, seen):
+            raise ModelGuideError("; ".join(found))
     step = Step(*calls, {k: v for k, v in tensors.items() if v.requires_grad}, config, nesting)
     step.subsampled, step.layout, step.jit = subsampled, layout, jit
     step.weighted = step.weighted or bool(extra)  # train_objective is not the pair's ELBO

@@ -30,7 +30,7 @@ from ppvae.pairs import (
 )
 from ppvae.pairs.arguments import by_group, has_nan, signature_problems, unobserved_problems
 from ppvae.pairs.objectives import OBJECTIVES
-from ppvae.pairs.parameter_checks import param_problems
+from ppvae.pairs.parameter_checks import module_problems, param_problems
 
 
 def _hint(message: str, x: torch.Tensor, who: str, stale: str) -> str:
@@ -277,6 +277,7 @@ def problems(
     num_data: int | None = None,
     objective: str | None = "trace",
     plate: str = DEFAULT_PLATE,
+    _seen_in_all: set[int] | None = None,
 ) -> list[str]:
     """Everything that stops ``model`` and ``guide`` from training together on batch ``x``.
 
@@ -295,10 +296,11 @@ def problems(
     x = as_rows(x, "data")
     if isinstance(x, Rows):
         found = signature_problems(model, guide, x)
+        seen: set[int] = set()  # the parameters the calls of all groups show Pyro
         options = {"num_data": num_data, "objective": objective, "plate": plate}
-        found = found or by_group(problems, model, guide, x, idx, options)
+        found = found or by_group(problems, model, guide, x, idx, options | {"_seen_in_all": seen})
         if found is not None:
-            return found
+            return found or module_problems(model, guide, seen)
     args = (x, idx, num_data)
     calls = batched(model, plate), batched(guide, plate)
     claim_parameters(*calls, x, idx)
@@ -312,6 +314,9 @@ def problems(
     )
     if found:
         return found + _likelihood_problems(model_sites)
+    # scoring trains nothing: a network the scored rows leave out (M2's q(y | x) on labelled
+    # rows) is no problem there
+    seen_in_all = set() if objective is None and _seen_in_all is None else _seen_in_all
     b = self_subsampled(model_trace, plate)
     if objective is None and b is not None:  # scoring: every row, once
         return [SUBSAMPLED.format(b=b, plate=plate, what="scoring (evaluate, log_likelihood)")]
@@ -322,7 +327,7 @@ def problems(
         + _placement_problems(model_sites, guide_sites, plate)
         + _size_problems(model_sites, guide_sites, plate, x.shape[0], num_data)
         + _likelihood_problems(model_sites)
-        + param_problems(model, guide, (model_trace, guide_trace))
+        + param_problems(model, guide, (model_trace, guide_trace), seen_in_all=seen_in_all)
         + _reparam_problems(guide_sites, objective)
     )
 

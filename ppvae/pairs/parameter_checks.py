@@ -87,9 +87,29 @@ def _unseen_problems(traces, seen: set[int], covered: set[int]) -> list[str]:
     ]
 
 
-def param_problems(model, guide, traces) -> list[str]:
-    """Plain-word problems with the parameters of the pair behind ``traces``."""
+def module_problems(model, guide, seen: set[int]) -> list[str]:
+    """The networks' parameters that no call showed Pyro: ``seen`` holds the ids of the
+    parameters the traces of every call (each group of rows of partly observed data) held."""
+    return _module_problems(model, guide, seen)[0]
+
+
+def _module_parameters(*objects) -> set[int]:
+    return {id(p) for o in objects if isinstance(o, torch.nn.Module) for p in o.parameters()}
+
+
+def param_problems(model, guide, traces, *, seen_in_all: set[int] | None = None) -> list[str]:
+    """Plain-word problems with the parameters of the pair behind ``traces``.
+
+    With ``seen_in_all`` (a set) the traces are one group of rows among several (``fit`` calls
+    the pair once per group): the parameters these traces hold are added to it and the networks'
+    parameters are not judged here, since a classifier q(y | x) that only the unlabelled rows
+    call is still trained; :func:`module_problems` judges them over all groups afterwards.
+    """
     seen = {id(t) for t in param_tensors(*traces).values()}
-    problems, covered = _module_problems(model, guide, seen)
+    if seen_in_all is None:
+        problems, covered = _module_problems(model, guide, seen)
+    else:
+        seen_in_all |= seen
+        problems, covered = [], _module_parameters(model, guide)
     with torch.enable_grad():
         return problems + _unseen_problems(traces, seen, covered)

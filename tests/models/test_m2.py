@@ -9,9 +9,13 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
+from ppvae import FitConfig, fit
+from ppvae.errors import ModelGuideError
 from ppvae.guides.amortized import positive
 from ppvae.guides.m2 import M2Guide, classifier_pair
 from ppvae.models.m2 import M2, joined
+from ppvae.nets import MLP
+from ppvae.pairs.checker import check
 
 D, C, Q = 6, 3, 2
 
@@ -70,6 +74,43 @@ def test_a_labelled_row_observes_y_and_the_guide_leaves_q_y_alone():
     by_hand = by_hand + dist.Bernoulli(logits=model.decoder(joined(z, y))).log_prob(x).sum(-1)
     total = sum(trace.nodes[n]["log_prob"] for n in ("z", "y", "x"))
     assert torch.allclose(total, by_hand, atol=1e-5)
+
+
+def _partly_labelled(n=12):
+    x, y = torch.rand(n, D).round(), torch.eye(C)[torch.arange(n) % C]
+    y[n // 3 :] = float("nan")  # a third labelled
+    return x, y
+
+
+class _SpareGuide(M2Guide):
+    """M2's guide with a network that no row's call uses."""
+
+    def __init__(self):
+        super().__init__(D, C, Q, hidden=(8,))
+        self.spare = MLP(D, 2, hidden=(4,))
+
+
+def test_the_checker_judges_q_y_over_all_groups_of_rows():
+    """q(y | x) is called by the unlabelled rows only: checked group by group it would look
+    unused on the labelled rows; over both groups (as fit trains them) it is used."""
+    pyro.clear_param_store()
+    model, guide = pair()
+    check(model, guide, _partly_labelled(), objective="enum")
+    result = fit(
+        model, guide, _partly_labelled(), FitConfig(epochs=1, batch_size=12, objective="enum")
+    )
+    assert result.history.shape[0] == 1
+    pyro.clear_param_store()
+    spare = _SpareGuide()
+    with pytest.raises(ModelGuideError, match=r"never sees \(spare\.0\.weight"):
+        check(M2(D, C, Q, hidden=(8,)), spare, _partly_labelled(), objective="enum")
+    with pytest.raises(ModelGuideError, match=r"never sees \(spare\.0\.weight"):
+        fit(
+            M2(D, C, Q, hidden=(8,)),
+            spare,
+            _partly_labelled(),
+            FitConfig(epochs=1, objective="enum"),
+        )
 
 
 @pytest.mark.slow
