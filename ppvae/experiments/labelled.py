@@ -14,9 +14,11 @@ For one dataset, a number of class-balanced labels and a label draw
 Training follows Pyro's ``ss_vae_M2.py``: the full-data objective is the labelled ELBO
 ``log p(x, y) >= ...`` on the labelled rows, the unlabelled ELBO with y enumerated
 (``TraceEnum_ELBO``) on the others, plus ``aux_weight`` times the classifier's log q(y | x) on
-the labelled rows (Kingma et al.'s auxiliary loss, Pyro's ``aux_loss_multiplier`` = 46). Each
-step takes a uniformly drawn batch of all rows and scales it by N / B, which in expectation
-is that objective, one optimizer for all of it.
+the labelled rows (Kingma et al.'s auxiliary loss, Pyro's ``aux_loss_multiplier`` = 46). It
+is one :func:`~ppvae.infer.fitting.fit` call, ``fit(model, guide, (x, y), aux=...)``: each
+step's batch holds labelled and unlabelled rows in proportion, each group scaled by
+N_group / B_group (:mod:`ppvae.infer.groups`), so the loss is that full-data objective, one
+optimizer for all of it.
 """
 
 import math
@@ -25,7 +27,6 @@ from dataclasses import dataclass
 
 import pyro
 import torch
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from torch import nn
 
 from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig
@@ -33,6 +34,7 @@ from ppvae.data import Dataset, load_dataset, one_hot, with_labels
 from ppvae.evaluation.bounds import log_likelihood
 from ppvae.experiments.conditions import subset
 from ppvae.guides import GUIDES, classifier_pair
+from ppvae.infer.fitting import FitConfig, fit
 from ppvae.models import MODELS
 from ppvae.nets import MLP
 
@@ -93,38 +95,24 @@ def labelled_data(dataset: str, n_labels: int, draw: int, config: LabelsConfig, 
     return with_labels(data, n_labels, seed=draw)
 
 
-def _steps(x: torch.Tensor, config: LabelsConfig, generator: torch.Generator):
-    for _ in range(config.epochs):
-        yield from torch.randperm(len(x), generator=generator).split(config.batch_size)
-
-
 def train_m2(data: Dataset, config: LabelsConfig):
-    """M2 and its guide trained on ``data.train = (x, y)`` (NaN rows of y: unlabelled); returns
+    """M2 and its guide trained on ``data.train = (x, y)`` (NaN rows of y: unlabelled) by one
+    :func:`~ppvae.infer.fitting.fit` call with the auxiliary classifier pair; returns
     (model, guide, seconds)."""
-    start = time.perf_counter()
     pyro.clear_param_store()
-    torch.manual_seed(config.seed)
     x, y = data.train
     arch = ArchConfig(z_dim=config.z_dim, hidden=config.hidden)
     shape = DataShape(x.shape[1], data.image_shape, len(x), classes=y.shape[1])
+    torch.manual_seed(config.seed)
     model = MODELS["m2"](arch, shape)
     guide = GUIDES["m2"](arch, shape, model)
-    aux_model, aux_guide = classifier_pair(guide)
-    enum = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
-    optimizer = torch.optim.Adam([*model.parameters(), *guide.parameters()], lr=config.lr)
-    labelled = ~y.isnan().any(1)
-    for idx in _steps(x, config, torch.Generator().manual_seed(config.seed)):
-        lab, unl = idx[labelled[idx]], idx[~labelled[idx]]
-        loss = x.new_zeros(())
-        if len(lab):
-            loss = loss + enum.differentiable_loss(model, guide, x[lab], y[lab])
-            aux = Trace_ELBO().differentiable_loss(aux_model, aux_guide, x[lab], y[lab])
-            loss = loss + config.aux_weight * aux
-        if len(unl):
-            loss = loss + enum.differentiable_loss(model, guide, x[unl])
-        optimizer.zero_grad()
-        (loss / len(idx)).backward()  # N / B times the batch, per training row
-        optimizer.step()
+    settings = FitConfig(
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+        objective="enum", device="cpu",
+    )  # fmt: skip
+    aux = [(*classifier_pair(guide), config.aux_weight)]
+    start = time.perf_counter()
+    fit(model, guide, (x, y), settings, progress=False, aux=aux)
     return model, guide, time.perf_counter() - start
 
 
