@@ -153,6 +153,32 @@ def test_a_fit_with_an_auxiliary_loss_resumes_exactly(tmp_path):
     assert pyro.param("c").item() == c
 
 
+class CountingClassify(torch.nn.Module):
+    """The auxiliary pair's model as a module with a buffer: how many times it was called."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x, y):
+        self.calls += 1
+        classify(x, y)
+
+
+def test_a_resumed_fit_puts_back_the_auxiliary_modules_buffers(tmp_path):
+    x, y = _data()
+    straight = CountingClassify()
+    fit(model, guide, (x, y), CONFIG, aux=[(straight, classify_guide, WEIGHT)])
+    pyro.clear_param_store()
+    path, one = tmp_path / "c.pt", FitConfig(**{**CONFIG.to_dict(), "epochs": 1})
+    fit(model, guide, (x, y), one, aux=[(CountingClassify(), classify_guide, WEIGHT)],
+        checkpoint=path)  # fmt: skip
+    resumed = CountingClassify()  # a new process: its buffer starts again
+    fit(model, guide, (x, y), CONFIG, aux=[(resumed, classify_guide, WEIGHT)], checkpoint=path,
+        resume=True)  # fmt: skip
+    assert resumed.calls.item() == straight.calls.item() > 0
+
+
 def test_evaluate_scores_each_group_without_its_unobserved_arguments():
     from ppvae.evaluation.metrics import evaluate
 

@@ -277,7 +277,7 @@ def _fit(
     if resume:
         if checkpoint is None or not os.path.exists(checkpoint):
             raise ConfigError(f"nothing to resume: no checkpoint at {checkpoint}")
-        status = restore(checkpoint, model, guide, step, config, train, run_info)
+        status = restore(checkpoint, model, guide, step, config, train, run_info, aux)
     hooks.start(TrainingStart(config, run_info, _history(status, step), bool(resume)))
 
     def save() -> bool:
@@ -285,7 +285,7 @@ def _fit(
         rank, world = distributed.ranks()
         if checkpoint is None and world == 1:
             return False
-        snapshot = state(status, model, guide, step, config, run_info)
+        snapshot = state(status, model, guide, step, config, run_info, aux)
         if checkpoint is not None and rank == 0:
             ckpt.save(checkpoint, snapshot)
             hooks.checkpoint(checkpoint)

@@ -23,11 +23,14 @@ KEYS = ("progress", "config", "run", "model", "guide", "params", "optim", "rng")
 
 
 def state(
-    progress: Progress, model, guide, step: Step, config, run_info: dict | None = None
+    progress: Progress, model, guide, step: Step, config, run_info: dict | None = None, aux=()
 ) -> dict[str, Any]:
     """Everything a checkpoint holds; ``run_info`` is the caller's record of the whole run, in
-    plain values (``ppvae train`` stores its RunConfig and the data sizes)."""
+    plain values (``ppvae train`` stores its RunConfig and the data sizes). The auxiliary
+    pairs' parameters are in the param store; their modules' state dicts (buffers too) are
+    kept under ``aux``, one (model, guide) pair of state dicts or None per pair."""
     return {
+        "aux": [[_state_dict(m), _state_dict(g)] for m, g, _ in aux],
         "progress": vars(progress),
         "config": config.to_dict(),
         "run": run_info,
@@ -37,6 +40,10 @@ def state(
         "optim": step.state_dict(),
         "rng": _rng_states(),
     }
+
+
+def _state_dict(obj) -> dict | None:
+    return obj.state_dict() if isinstance(obj, torch.nn.Module) else None
 
 
 def _rng_states():
@@ -70,17 +77,32 @@ def check_compatible(saved: dict[str, Any], config, path) -> None:
         raise ConfigError(f"{path} was written with different settings: {', '.join(differ)}")
 
 
-def load_modules(saved: dict[str, Any], model, guide, path) -> None:
-    """``load_state_dict`` the saved model and guide, after checking that every entry's name
-    and shape match (a CheckpointError that names the first one that differs)."""
-    for obj, key in ((model, "model"), (guide, "guide")):
-        if isinstance(obj, torch.nn.Module) and saved.get(key) is not None:
-            problem = _first_difference(saved[key], obj.state_dict(), key)
+def load_modules(saved: dict[str, Any], model, guide, path, aux=()) -> None:
+    """``load_state_dict`` the saved model and guide (and the auxiliary pairs' modules), after
+    checking that every entry's name and shape match (a CheckpointError that names the first
+    one that differs)."""
+    saved_aux = saved.get("aux") or []
+    if aux and saved_aux and len(saved_aux) != len(aux):
+        raise CheckpointError(
+            f"{path} was written with {len(saved_aux)} aux pair(s), this fit has {len(aux)}"
+        )
+    pairs = [((model, "model"), (guide, "guide"))] + [
+        ((m, f"aux {i} model"), (g, f"aux {i} guide")) for i, (m, g, _) in enumerate(aux)
+    ]
+    states = [(saved.get("model"), saved.get("guide"))] + [tuple(s) for s in saved_aux]
+    for objects, kept in zip(pairs, states, strict=False):  # an old checkpoint: no aux
+        _load_pair(objects, kept, path)
+
+
+def _load_pair(objects, kept, path) -> None:
+    for (obj, key), state_dict in zip(objects, kept, strict=True):
+        if isinstance(obj, torch.nn.Module) and state_dict is not None:
+            problem = _first_difference(state_dict, obj.state_dict(), key)
             if problem:
                 raise CheckpointError(
                     f"{path} was written for another architecture: its {key} {problem}"
                 )
-            obj.load_state_dict(saved[key])
+            obj.load_state_dict(state_dict)
 
 
 def _first_difference(saved: dict[str, Any], current: dict[str, Any], key: str) -> str:
@@ -102,7 +124,14 @@ def _shape(value) -> tuple[int, ...]:
 
 
 def restore(
-    path, model, guide, step: Step, config, like: torch.Tensor, run_info: dict | None = None
+    path,
+    model,
+    guide,
+    step: Step,
+    config,
+    like: torch.Tensor,
+    run_info: dict | None = None,
+    aux=(),
 ) -> Progress:
     """Put a checkpoint back: module buffers by ``load_state_dict``, every parameter by copying
     into the tensor the param store already holds (so the networks registered with
@@ -111,7 +140,7 @@ def restore(
     saved = ckpt.load(path)
     ckpt.require(saved, KEYS, path)
     check_compatible(saved["config"], config, path)
-    load_modules(saved, model, guide, path)
+    load_modules(saved, model, guide, path, aux)
     ckpt.restore_params(saved["params"], like)
     step.load_state_dict(saved["optim"])
     _set_rng_states(saved["rng"], path)
