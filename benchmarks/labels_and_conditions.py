@@ -43,7 +43,7 @@ SIZES = {  # what fits two shared CPU cores; stated in the markdown
     },
     "fashion-mnist": {
         "m2": LabelsConfig(
-            z_dim=20, hidden=(256,), epochs=10, eval_samples=50, train_size=5000,
+            z_dim=50, hidden=(256,), epochs=20, eval_samples=50, train_size=5000,
             test_size=2000,
         ),
         "cvae": ConditionsConfig(
