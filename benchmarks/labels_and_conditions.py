@@ -188,9 +188,9 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "_smoke" if args.smoke else ""
     paths = {t: args.out / f"{t}_labels_and_conditions{suffix}.csv" for t in ("m2", "cvae")}
-    if args.fresh:
-        for p in paths.values():
-            p.unlink(missing_ok=True)
+    if args.fresh:  # only the tables asked for: --tables m2 --fresh keeps the CVAE rows
+        for table in args.tables:
+            paths[table].unlink(missing_ok=True)
     done = set().union(*(done_keys(paths[t], t) for t in args.tables))
     todo = [c for c in cells(args) if c not in done]
     for cell in (bar := tqdm(todo, unit="cell", file=sys.stderr)):
