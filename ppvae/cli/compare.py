@@ -72,7 +72,9 @@ def add(sub) -> None:
         help="fit PPCA, EM, mixture of PPCA and VAEs on one dataset; write one table",
         description="Fit closed-form PPCA, PPCA-EM, a mixture of PPCA, PPCA by SVI, a linear "
         "VAE and a nonlinear VAE on one dataset and split, and score all of them by test "
-        "log p(x) on the same uniformly dequantized data. Writes <out>/<stem>.csv and .md.",
+        "log p(x) on the same uniformly dequantized data. --missing-rate, --labels and "
+        "--quadrants each make another table instead (see each flag). Writes <out>/<stem>.csv "
+        "and .md after every row (a progress bar over the rows on a terminal).",
     )
     p.add_argument("--dataset", default=c.dataset, choices=list(DATASETS))
     p.add_argument("--data-dir", help="root holding the dataset files (see ppvae train)")
