@@ -5,6 +5,7 @@ from ppvae.config import ConfigError
 from ppvae.data import DATASETS
 from ppvae.errors import OutputError, PPVAEError, first_line
 from ppvae.experiments.compare import CompareConfig, compare, to_markdown
+from ppvae.experiments.compare_labels import table_data
 from ppvae.experiments.rows import prepare, row_callbacks
 from ppvae.experiments.table_files import caption, resume_table, table_paths, write
 from ppvae.experiments.tracked_rows import TableRows
@@ -18,13 +19,13 @@ def run(args, given: set[str]) -> int:
         batch_size=args.batch_size, lr=args.lr, em_tol=args.em_tol, em_max_iter=args.em_max_iter,
         eval_samples=args.eval_samples, elbo_samples=args.elbo_samples,
         train_size=args.train_size, test_size=args.test_size, seed=args.seed, device=args.device,
-        missing_rate=args.missing_rate, num_particles=args.num_particles,
-        methods=tuple(args.methods or ()),
+        missing_rate=args.missing_rate, num_particles=args.num_particles, labels=args.labels,
+        quadrants=args.quadrants, methods=tuple(args.methods or ()),
     )  # fmt: skip
     out = check_output_dir(args.out)
     tracked = trackers(args, args.stem, "ppvae compare")
     done = _done(args, config, out)
-    split = prepare(config)
+    split = table_data(config) if config.labels or config.quadrants else prepare(config)
     title = caption(config, split)
     rows = TableRows(tracked, config, done)  # one tracked run per row
 
@@ -71,7 +72,9 @@ def add(sub) -> None:
         help="fit PPCA, EM, mixture of PPCA and VAEs on one dataset; write one table",
         description="Fit closed-form PPCA, PPCA-EM, a mixture of PPCA, PPCA by SVI, a linear "
         "VAE and a nonlinear VAE on one dataset and split, and score all of them by test "
-        "log p(x) on the same uniformly dequantized data. Writes <out>/<stem>.csv and .md.",
+        "log p(x) on the same uniformly dequantized data. --missing-rate, --labels and "
+        "--quadrants each make another table instead (see each flag). Writes <out>/<stem>.csv "
+        "and .md after every row (a progress bar over the rows on a terminal).",
     )
     p.add_argument("--dataset", default=c.dataset, choices=list(DATASETS))
     p.add_argument("--data-dir", help="root holding the dataset files (see ppvae train)")
@@ -95,6 +98,23 @@ def add(sub) -> None:
         default=c.missing_rate,
         help="share of entries missing at random: score observed-data log p(x) and imputation "
         "of PPCA-EM, mixture of PPCA, a MIWAE VAE and mean imputation (default: 0, none)",
+    )
+    p.add_argument(
+        "--labels",
+        type=int,
+        default=c.labels,
+        metavar="N",
+        help="N class-balanced training labels: the semi-supervised table, M2 and the same "
+        "classifier trained on the labels alone, by test accuracy and M2's log p(x) "
+        "(default: 0, none)",
+    )
+    p.add_argument(
+        "--quadrants",
+        type=int,
+        default=c.quadrants,
+        metavar="K",
+        help="K = 1, 2 or 3 given quadrants: the quadrant-completion table, the CVAE's "
+        "importance-sampled log p(y|x), its ELBO and the plain network's (default: 0, none)",
     )
     p.add_argument(
         "--num-particles", type=int, default=c.num_particles, help="K of the VAE's MIWAE bound"

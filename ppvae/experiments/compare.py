@@ -42,6 +42,12 @@ from tqdm.auto import tqdm
 from ppvae.config import ConfigError, JsonConfig
 from ppvae.data import DATASETS
 from ppvae.evaluation.metrics import bits_per_dim
+from ppvae.experiments.compare_labels import (
+    COLUMN_NOTES,
+    LABEL_METHODS,
+    QUADRANT_METHODS,
+    compare_labels,
+)
 from ppvae.experiments.compare_missing import METHODS as MISSING_METHODS
 from ppvae.experiments.compare_missing import compare_missing
 from ppvae.experiments.methods import METHODS
@@ -96,10 +102,22 @@ class CompareConfig(JsonConfig):
         imputation error of PPCA-EM, the mixture, a MIWAE-trained VAE and mean imputation.
     num_particles : int
         K of the VAE's MIWAE bound when entries are missing.
+    labels : int
+        Class-balanced training labels (0: none). Above 0, the table is the semi-supervised one
+        of :mod:`ppvae.experiments.compare_labels`: M2 and the classifier trained on the labels
+        alone (``seed`` also draws the labels; ``components``, ``em_*`` and ``elbo_samples``
+        are not used).
+    quadrants : int
+        Given quadrants, 1 to 3 (0: none). Above 0, the table is the quadrant-completion one
+        of :mod:`ppvae.experiments.compare_labels`: the CVAE's conditional log-likelihood, its
+        ELBO and the plain network's. At most one of ``missing_rate``, ``labels`` and
+        ``quadrants`` is set; with either of the last two, ``device`` is not used (the
+        networks train where :mod:`~ppvae.experiments.labelled` and
+        :mod:`~ppvae.experiments.conditions` put them).
     methods : tuple of str
         The rows to fit (keys of :data:`ppvae.experiments.methods.METHODS`, or of
-        ``compare_missing.METHODS`` when
-        entries are missing); empty: all.
+        ``compare_missing.METHODS`` when entries are missing, ``compare_labels.LABEL_METHODS``
+        or ``QUADRANT_METHODS``); empty: all.
 
     Examples
     --------
@@ -125,6 +143,8 @@ class CompareConfig(JsonConfig):
     device: str = "auto"
     missing_rate: float = 0.0
     num_particles: int = 5
+    labels: int = 0
+    quadrants: int = 0
     methods: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -132,6 +152,14 @@ class CompareConfig(JsonConfig):
         if not 0 <= self.missing_rate < 1:
             raise ConfigError(f"missing_rate must be in [0, 1), got {self.missing_rate}")
         _at_least(self, "num_particles", 1)
+        _at_least(self, "labels", 0)
+        if self.quadrants not in (0, 1, 2, 3):
+            raise ConfigError(f"quadrants must be 1, 2 or 3 given quadrants, got {self.quadrants}")
+        switches = [
+            _SWITCHES[k] for k in ("missing_rate", "labels", "quadrants") if getattr(self, k)
+        ]
+        if len(switches) > 1:
+            raise ConfigError(f"{' and '.join(switches)} make different tables: pass one")
         check_methods(self)
 
         if self.dataset not in DATASETS:
@@ -156,17 +184,29 @@ def _at_least(config, name: str, low: int) -> None:
         raise ConfigError(f"{name} must be >= {low}, got {getattr(config, name)}")
 
 
+_SWITCHES = {"missing_rate": "--missing-rate", "labels": "--labels", "quadrants": "--quadrants"}
+_TABLES = {"missing_rate": MISSING_METHODS, "labels": LABEL_METHODS, "quadrants": QUADRANT_METHODS}
+_VALUES = {"missing_rate": "R", "labels": "N", "quadrants": "K"}
+
+
 def check_methods(config: CompareConfig) -> None:
     """Raise ConfigError unless every name in ``config.methods`` is a row of the table that
-    ``config`` makes (:data:`METHODS`, or ``compare_missing.METHODS`` with missing entries)."""
-    known = MISSING_METHODS if config.missing_rate else METHODS
+    ``config`` makes (:data:`METHODS`, or ``compare_missing.METHODS`` with missing entries,
+    ``compare_labels.LABEL_METHODS`` with labels, ``QUADRANT_METHODS`` with quadrants)."""
+    on = next((k for k in _TABLES if getattr(config, k)), None)
+    known = METHODS if on is None else _TABLES[on]
     unknown = [m for m in config.methods if m not in known]
-    if unknown:
-        choices = ", ".join(known)
-        other = MISSING_METHODS if known is METHODS else METHODS
-        switch = "add --missing-rate R" if known is METHODS else "leave out --missing-rate"
-        hint = f" ({switch} for {', '.join(unknown)})" if set(unknown) <= set(other) else ""
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from: {choices}{hint}")
+    if not unknown:
+        return
+    hint = ""
+    if on is not None and set(unknown) <= set(METHODS):
+        hint = f" (leave out {_SWITCHES[on]} for {', '.join(unknown)})"
+    elif other := next((k for k, t in _TABLES.items() if set(unknown) <= set(t)), None):
+        use = f"{_SWITCHES[other]} {_VALUES[other]}"
+        switch = f"add {use}" if on is None else f"use {use} instead of {_SWITCHES[on]}"
+        hint = f" ({switch} for {', '.join(unknown)})"
+    choices = ", ".join(known)
+    raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from: {choices}{hint}")
 
 
 def compare(
@@ -179,13 +219,15 @@ def compare(
 ) -> pd.DataFrame:
     """Fit the methods of :data:`METHODS` (``config.methods``, all by default) on one dataset
     and score them on the test split; with ``config.missing_rate`` > 0, those of
-    :mod:`ppvae.experiments.compare_missing` on the masked split instead.
+    :mod:`ppvae.experiments.compare_missing` on the masked split instead, and with
+    ``config.labels`` or ``config.quadrants``, those of :mod:`ppvae.experiments.compare_labels`.
 
     Parameters
     ----------
     config : CompareConfig
-    split : Split, optional
-        The data as :func:`prepare` returns it for ``config`` (prepared here if not given).
+    split : Split or Dataset, optional
+        The data as :func:`prepare` returns it for ``config`` (prepared here if not given);
+        with labels or quadrants, as ``compare_labels.table_data`` returns it.
     progress : bool, optional
         A progress bar over the methods; by default only when stderr is a terminal.
     done : DataFrame, optional
@@ -210,7 +252,6 @@ def compare(
     KeyboardInterrupt
         On Ctrl-C, after ``on_row`` was called with the rows fitted and this one interrupted.
     """
-    split = prepare(config) if split is None else split
     shown = sys.stderr.isatty() if progress is None else progress
 
     def bar(items):
@@ -218,6 +259,9 @@ def compare(
             progress_bar.set_postfix_str(name)
             yield name, method
 
+    if config.labels or config.quadrants:
+        return compare_labels(config, split, bar, done=done, on_row=on_row)
+    split = prepare(config) if split is None else split
     if config.missing_rate > 0:
         return compare_missing(config, split, bar, done=done, on_row=on_row)
     chosen = {k: m for k, m in METHODS.items() if not config.methods or k in config.methods}
@@ -237,9 +281,14 @@ def to_markdown(frame: pd.DataFrame, title: str) -> str:
     table = shown.to_markdown(index=False, floatfmt=".3f", missingval="n/a")
 
     methods = MISSING_METHODS if "imputation_rmse" in frame else METHODS
+    methods = LABEL_METHODS if "accuracy" in frame else methods
+    methods = QUADRANT_METHODS if "log_py_x" in frame else methods
     legend = "\n".join(
         f"- `{k}`: {((f.__doc__ or '').strip().splitlines() or [''])[0]}"
         for k, f in methods.items()
         if k in set(frame.method)  # the rows the table has
     )
+    if methods in (LABEL_METHODS, QUADRANT_METHODS):  # and what each column is
+        notes = [f"- {c}: {COLUMN_NOTES[c]}" for c in frame.columns if c in COLUMN_NOTES]
+        legend += "\n\nColumns:\n\n" + "\n".join(notes)
     return f"{title}\n\n{table}\n\n{legend}\n"

@@ -7,14 +7,20 @@ from pathlib import Path
 import pandas as pd
 
 from ppvae.config import ConfigError, atomic_write_text
+from ppvae.data import Dataset
 from ppvae.errors import first_line
+from ppvae.experiments import compare_labels
 from ppvae.experiments.compare import CompareConfig
 from ppvae.experiments.rows import Split
 from ppvae.outputs import make_dir
 
 
-def caption(config: CompareConfig, split: Split) -> str:
-    """One line stating the data, the dequantization and the settings behind a table."""
+def caption(config: CompareConfig, split: Split | Dataset) -> str:
+    """One line stating the data, the dequantization and the settings behind a table (``split``
+    is :func:`~ppvae.experiments.rows.prepare`'s, or with labels or quadrants
+    :func:`~ppvae.experiments.compare_labels.table_data`'s)."""
+    if config.labels or config.quadrants:
+        return compare_labels.caption(config, split)
     dequant = f"uniformly dequantized ({split.levels} levels)" if split.levels else "continuous"
     missing = (
         f", {config.missing_rate:.0%} of entries missing completely at random (train and "
