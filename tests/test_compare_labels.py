@@ -3,6 +3,7 @@
 an independent recomputation, the ELBO below the IS figure, resume row by row, bad flags."""
 
 import math
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -207,3 +208,22 @@ def test_config_round_trips_and_refuses_two_tables():
     assert CompareConfig.from_json(QUADRANTS.to_json()) == QUADRANTS
     with pytest.raises(ConfigError, match="--missing-rate and --labels make different tables"):
         CompareConfig(labels=100, missing_rate=0.1)
+
+
+def test_a_fit_stopped_by_ctrl_c_is_no_table_result(monkeypatch):
+    """train_m2 and train_cvae raise KeyboardInterrupt when fit reports that Ctrl-C stopped
+    it, so that the half-trained pair is never scored as an ok row."""
+    from ppvae.experiments import conditions, labelled
+
+    def stopped(model, guide, *args, **kwargs):
+        return SimpleNamespace(interrupted=True)
+
+    for module in (labelled, conditions):
+        monkeypatch.setattr(module, "fit", stopped)
+    tiny = {"z_dim": 2, "hidden": (8,), "epochs": 1, "train_size": 60, "test_size": 20}
+    config = labelled.LabelsConfig(**tiny)
+    with pytest.raises(KeyboardInterrupt):
+        labelled.train_m2(labelled.labelled_data("digits", 10, 0, config), config)
+    config = conditions.ConditionsConfig(**tiny, baseline_epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        conditions.train_cvae(conditions.completion_data("digits", 1, config), config)

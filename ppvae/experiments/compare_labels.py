@@ -34,8 +34,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from ppvae.data import Dataset, load_dataset
-from ppvae.errors import DataError
+from ppvae.data import Dataset
 from ppvae.experiments.conditions import (
     ConditionsConfig,
     completion_data,
@@ -111,9 +110,6 @@ def table_data(config) -> Dataset:
         no labels or no images (one line each).
     """
     if config.labels:
-        if load_dataset(config.dataset, data_dir=config.data_dir).train_labels is None:
-            raise DataError(f"{config.dataset} has no class labels: --labels needs a labelled "
-                            "dataset (digits, fashion-mnist, mnist)")  # fmt: skip
         return labelled_data(
             config.dataset, config.labels, config.seed, labels_config(config), config.data_dir
         )

@@ -124,7 +124,8 @@ def train_cvae(data: Dataset, config: ConditionsConfig):
     settings = FitConfig(
         epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed
     )
-    fit(model, guide, data.train, settings, progress=False)
+    if fit(model, guide, data.train, settings, progress=False).interrupted:
+        raise KeyboardInterrupt  # fit stopped on Ctrl-C: the half-trained CVAE is no result
     return model, guide, baseline, time.perf_counter() - start
 
 

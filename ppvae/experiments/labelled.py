@@ -31,6 +31,7 @@ from torch import nn
 
 from ppvae.config import ArchConfig, ConfigError, DataShape, JsonConfig
 from ppvae.data import Dataset, load_dataset, one_hot, with_labels
+from ppvae.errors import DataError
 from ppvae.evaluation.bounds import log_likelihood
 from ppvae.experiments.conditions import subset
 from ppvae.guides import GUIDES, classifier_pair
@@ -86,6 +87,11 @@ def labelled_data(dataset: str, n_labels: int, draw: int, config: LabelsConfig, 
     """The dataset (subsampled as ``config`` says) with ``n_labels`` class-balanced labels,
     the ``draw``-th label draw."""
     data = load_dataset(dataset, data_dir=data_dir)
+    if data.train_labels is None or data.test_labels is None:
+        raise DataError(
+            f"{dataset} has no class labels: labels need a labelled dataset (digits, "
+            "fashion-mnist, mnist)"
+        )
     rows = subset(data.train, config.train_size, config.seed)
     test_rows = subset(data.test, config.test_size, config.seed + 1)
     data = data._replace(
@@ -112,7 +118,8 @@ def train_m2(data: Dataset, config: LabelsConfig):
     )  # fmt: skip
     aux = [(*classifier_pair(guide), config.aux_weight)]
     start = time.perf_counter()
-    fit(model, guide, (x, y), settings, progress=False, aux=aux)
+    if fit(model, guide, (x, y), settings, progress=False, aux=aux).interrupted:
+        raise KeyboardInterrupt  # fit stopped on Ctrl-C: the half-trained M2 is no result
     return model, guide, time.perf_counter() - start
 
 

@@ -3,10 +3,9 @@
 Pyro reports a mismatched pair late and obscurely (a broadcasting error deep in an ELBO, or
 parameters that silently never train). :func:`check` runs one trace of each on a batch and
 explains each problem with what to change. :func:`~ppvae.infer.fitting.fit` runs it before
-training.
-Any Pyro pair can be checked, in either calling convention (:mod:`ppvae.pairs`); sites are
-read from the traces, and the one convention is a plate over the examples (``"data"`` unless
-``plate`` names another).
+training. Any Pyro pair can be checked, in either calling convention (:mod:`ppvae.pairs`);
+sites are read from the traces, and the one convention is a plate over the examples
+(``"data"`` unless ``plate`` names another).
 """
 
 from typing import Any
@@ -299,8 +298,8 @@ def problems(
         seen: set[int] = set()  # the parameters the calls of all groups show Pyro
         options = {"num_data": num_data, "objective": objective, "plate": plate}
         found = found or by_group(problems, model, guide, x, idx, options | {"_seen_in_all": seen})
-        if found is not None:
-            return found or module_problems(model, guide, seen)
+        if found is not None:  # networks judged over all groups (scoring trains none)
+            return found or (module_problems(model, guide, seen) if objective else [])
     args = (x, idx, num_data)
     calls = batched(model, plate), batched(guide, plate)
     claim_parameters(*calls, x, idx)
@@ -314,9 +313,7 @@ def problems(
     )
     if found:
         return found + _likelihood_problems(model_sites)
-    # scoring trains nothing: a network the scored rows leave out (M2's q(y | x) on labelled
-    # rows) is no problem there
-    seen_in_all = set() if objective is None and _seen_in_all is None else _seen_in_all
+    seen_in_all = set() if objective is None else _seen_in_all  # scoring trains no network
     b = self_subsampled(model_trace, plate)
     if objective is None and b is not None:  # scoring: every row, once
         return [SUBSAMPLED.format(b=b, plate=plate, what="scoring (evaluate, log_likelihood)")]
