@@ -45,6 +45,49 @@ def test_a_model_whose_observation_arrived_as_none_is_refused_naming_it():
     )
 
 
+class Completion(torch.nn.Module):
+    """Pyro's cvae example in short: a frozen plain network guesses the hidden pixels, and
+    without ``ys`` the model only records its prediction with ``pyro.deterministic``."""
+
+    def __init__(self):
+        super().__init__()
+        self.baseline = torch.nn.Linear(3, 3)
+        self.prior = torch.nn.Linear(3, 2)
+        self.recognition = torch.nn.Linear(4, 2)
+
+    def model(self, xs, ys=None):
+        pyro.module("completion", self)
+        with pyro.plate("data"):
+            with torch.no_grad():
+                guess = self.baseline(xs)
+            z = pyro.sample("z", dist.Normal(self.prior(guess), 1.0).to_event(1))
+            if ys is not None:
+                pyro.sample("y", dist.Normal(z.sum(-1), 1.0), obs=ys)
+            else:
+                pyro.deterministic("y", z.sum(-1).detach())
+
+    def guide(self, xs, ys=None):
+        with pyro.plate("data"):
+            if ys is None:
+                loc = self.prior(self.baseline(xs))
+            else:
+                loc = self.recognition(torch.cat([xs, ys[:, None]], -1))
+            pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+
+
+def test_a_recorded_prediction_is_not_an_observation():
+    """Called with xs alone, the cvae's only 'observed' site is a pyro.deterministic record:
+    it used to train (an ELBO of exactly 0) and move the frozen plain network's weights."""
+    pyro.clear_param_store()
+    pair, xs = Completion(), torch.randn(20, 3)
+    before = pair.baseline.weight.detach().clone()
+    with pytest.raises(ModelGuideError, match="its argument 'ys' arrived as None"):
+        fit(pair.model, pair.guide, xs, CONFIG)
+    assert torch.equal(pair.baseline.weight, before)
+    fit(pair.model, pair.guide, (xs, torch.randn(20)), CONFIG)  # with ys: it trains
+    assert torch.equal(pair.baseline.weight, before)  # and the plain network stays frozen
+
+
 def unsized(x):
     with pyro.plate("data"):  # Pyro's ss-vae and cvae: the size comes from the batch
         z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0]), 1.0))

@@ -43,9 +43,16 @@ def _none_arguments(model, x) -> list[str]:
     ]
 
 
+def _deterministic(site) -> bool:
+    return bool(site.get("infer", {}).get("_deterministic"))
+
+
 def unobserved_problems(model, model_sites, x, plate: str) -> list[str]:
     """No observed site inside the data plate: the pair would learn nothing from the data."""
-    if any(s["is_observed"] for s in model_sites.values()):  # (outside: placement's to say)
+    observed = [  # pyro.deterministic records a value, it observes nothing
+        s for s in model_sites.values() if s["is_observed"] and not _deterministic(s)
+    ]
+    if observed:  # (outside the plate: placement's to say)
         return []
     names = _none_arguments(model, x)
     which = (
