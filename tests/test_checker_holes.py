@@ -146,3 +146,22 @@ def test_check_calls_each_group_of_partly_observed_data_as_fit_does():
     y[5:] = math.nan
     with pytest.raises(ModelGuideError, match="observes nothing .* argument 'y' arrived as None"):
         check(regression, guide, (x, y))
+
+
+def test_a_guide_that_takes_x_alone_is_refused_on_two_tensors():
+    """ppvae's own guides are f(x, idx=None, num_data=None): a second tensor would land in idx
+    (it used to fail with "got multiple values for argument 'idx'")."""
+    from ppvae.config import ArchConfig, DataShape
+    from ppvae.guides import GUIDES
+    from ppvae.models import MODELS
+
+    shape = DataShape(6, None, 20, classes=3)
+    model = MODELS["m2"](ArchConfig(hidden=(8,)), shape)
+    guide = GUIDES["diag"](ArchConfig(hidden=(8,)), shape, model)
+    x, y = torch.rand(20, 6).round(), torch.eye(3)[torch.arange(20) % 3]
+    with pytest.raises(ModelGuideError) as err:
+        fit(model, guide, (x, y), FitConfig(epochs=1, objective="enum"))
+    assert str(err.value).startswith(
+        "the guide's signature does not fit the data: it takes x alone (f(x, idx=None, "
+        "num_data=None)) but the data is 2 tensors, and 'idx' would receive one"
+    )
