@@ -177,7 +177,9 @@ def sizes_text(table: str, smoke: bool) -> str:
         "in proportion, each group scaled by N_group/B_group, one Adam over the labelled ELBO, "
         "the enumerated unlabelled ELBO and the auxiliary classifier loss. The labels-only "
         "classifier is the same q(y|x) network trained by cross-entropy on the labelled rows "
-        "for as many steps. 'M2 - labels-only' is the paired difference over the same draws. "
+        "for epochs * ceil(N/B) steps (M2's fit takes epochs * (N // B): up to one step more "
+        "an epoch for the labels-only network). 'M2 - labels-only' is the paired difference "
+        "over the same draws. "
         "The CVAE is trained by one ppvae fit call after its plain network."
     )
     return "Sizes:\n\n" + "\n".join(lines) + "\n\n" + note

@@ -162,6 +162,41 @@ def test_a_guide_that_takes_x_alone_is_refused_on_two_tensors():
     with pytest.raises(ModelGuideError) as err:
         fit(model, guide, (x, y), FitConfig(epochs=1, objective="enum"))
     assert str(err.value).startswith(
-        "the guide's signature does not fit the data: it takes x alone (f(x, idx=None, "
-        "num_data=None)) but the data is 2 tensors, and 'idx' would receive one"
+        "the guide's signature does not fit the data: it takes 1 tensor(s) (x) before ppvae's "
+        "idx and num_data, but the data is 2 tensors"
     )
+    with pytest.raises(ModelGuideError, match="the data's key 'idx' is ppvae's own argument"):
+        check(model, guide, {"x": x, "idx": y})
+
+
+def test_a_pyro_model_may_name_its_own_argument_idx():
+    """Only ppvae's convention (idx and num_data both) fills idx itself: a Pyro model(x, idx)
+    takes the data's second tensor there, as Pyro would call it."""
+
+    def model(x, idx):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(idx, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x, idx):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, 1.0))
+
+    check(model, guide, (torch.randn(20), torch.arange(20.0)))
+
+
+def test_a_global_deterministic_record_is_not_an_observation_outside_the_plate():
+    """pyro.deterministic("twice", 2 * mu) outside the plate records a value: the checker
+    neither calls it an observation outside the data plate nor takes it for the data."""
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.deterministic("twice", 2 * mu)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("mu", dist.Normal(pyro.param("m", torch.tensor(0.0)), 1.0))
+
+    pyro.clear_param_store()
+    check(model, guide, torch.randn(10))

@@ -187,3 +187,14 @@ def test_evaluate_scores_each_group_without_its_unobserved_arguments():
     assert row.log_px.item() == pytest.approx(exact_log_p(x, y).mean().item(), abs=1e-5)
     assert row.active_units.item() == 2  # z and y, latent on the 30 rows without y
     assert "accuracy" not in row  # y is continuous: not a label
+
+
+def test_resuming_without_the_aux_pairs_the_checkpoint_has_is_one_line(tmp_path):
+    from ppvae.errors import CheckpointError
+
+    x, y = _data()
+    path, one = tmp_path / "c.pt", FitConfig(**{**CONFIG.to_dict(), "epochs": 1})
+    fit(model, guide, (x, y), one, aux=[(CountingClassify(), classify_guide, WEIGHT)],
+        checkpoint=path)  # fmt: skip
+    with pytest.raises(CheckpointError, match="written with 1 aux pair\\(s\\), this fit has 0"):
+        fit(model, guide, (x, y), CONFIG, checkpoint=path, resume=True)

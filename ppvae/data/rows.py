@@ -241,16 +241,9 @@ def signature_problem(fn: Callable, rows: Rows, optional: tuple[bool, ...] = ())
     except (TypeError, ValueError):
         return ""
     try:
-        bound = sig.bind(*rows.args, **rows.kwargs)
+        sig.bind(*rows.args, **rows.kwargs)
     except TypeError as err:
         return f"it cannot be called with this data ({err})"
-    taken = [n for n in ("idx", "num_data") if n in bound.arguments]  # f(x, idx=, num_data=)
-    if taken:
-        return (
-            f"it takes x alone (f(x, idx=None, num_data=None)) but the data is "
-            f"{len(rows.tensors)} tensors, and '{taken[0]}' would receive one: pass a model and "
-            "guide that take every tensor (e.g. the m2 or cvae pair)"
-        )
     params = sig.parameters
     positional = list(params)
     names = [positional[i] if i < len(positional) else "" for i, t in enumerate(rows.args)]

@@ -228,7 +228,7 @@ def caption(config, data: Dataset) -> str:
     table."""
     rows = f"train/test {len(data.train[0])}/{len(data.test[0])} rows"
     nets = (
-        f"z_dim={config.z_dim}, hidden={list(config.hidden)}, {config.epochs} epochs (batch "
+        f"z_dim={config.z_dim}, hidden={list(config.hidden)}, epochs={config.epochs} (batch "
         f"{config.batch_size}, lr {config.lr}), IS K={config.eval_samples}, seed {config.seed}"
     )
     if config.labels:

@@ -6,7 +6,8 @@ For one dataset, a number of class-balanced labels and a label draw
 
 - ``m2_accuracy``: test accuracy of M2's classifier q(y | x) (its most probable class);
 - ``classifier_accuracy``: test accuracy of the same network (M2's q(y | x) MLP) trained by
-  cross-entropy on the labelled rows alone, for as many steps;
+  cross-entropy on the labelled rows alone, for epochs * ceil(N / B) steps (M2's fit takes
+  epochs * (N // B): the labels-only network gets up to one more step an epoch);
 - ``log_px``: M2's test log p(x) per example in nats, y summed out exactly,
   ``log sum_y p(x, y)``, each p(x, y) importance-sampled with q(z | x, y) (K = ``eval_samples``),
   with its standard error (delta method over the ten independent estimates).
@@ -124,8 +125,9 @@ def train_m2(data: Dataset, config: LabelsConfig):
 
 
 def train_classifier(data: Dataset, config: LabelsConfig) -> nn.Module:
-    """M2's q(y | x) network trained by cross-entropy on the labelled rows alone, for as many
-    Adam steps (of batches of labelled rows) as M2 took."""
+    """M2's q(y | x) network trained by cross-entropy on the labelled rows alone, for
+    ``epochs * ceil(N / B)`` Adam steps of batches of labelled rows: M2's ``fit`` takes
+    ``epochs * (N // B)``, so this network gets up to one more step an epoch, never fewer."""
     torch.manual_seed(config.seed)
     x, y = data.train
     labelled = ~y.isnan().any(1)

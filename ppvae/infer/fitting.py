@@ -127,7 +127,7 @@ def training_step(
     if layout is not None:
         parts = layout.parts(*parts[0][:2])
     nesting, tensors, subsampled = 1, {}, None
-    grouped = {"_seen_in_all": set()} if len(parts) > 1 else {}  # networks judged over all
+    grouped = {"_seen_in_all": set()} if len(parts) > 1 or aux else {}  # judged over all
     for rows, idx, n in parts:  # each group of rows, called as its steps call it
         place(model, guide, rows, device, config.plate, idx=idx)
         options = {"idx": idx, "num_data": n, "objective": config.objective} | grouped

@@ -82,7 +82,7 @@ def load_modules(saved: dict[str, Any], model, guide, path, aux=()) -> None:
     checking that every entry's name and shape match (a CheckpointError that names the first
     one that differs)."""
     saved_aux = saved.get("aux") or []
-    if aux and saved_aux and len(saved_aux) != len(aux):
+    if "aux" in saved and len(saved_aux) != len(aux):
         raise CheckpointError(
             f"{path} was written with {len(saved_aux)} aux pair(s), this fit has {len(aux)}"
         )

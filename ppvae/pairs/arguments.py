@@ -7,7 +7,8 @@ import inspect
 
 from ppvae.data import Rows
 from ppvae.data.rows import signature_problem
-from ppvae.pairs.calling import signature_target
+from ppvae.pairs.calling import accepts_indices, signature_target
+from ppvae.pairs.structure import observes
 
 
 def has_nan(x) -> bool:
@@ -21,10 +22,32 @@ def signature_problems(model, guide, x: Rows) -> list[str]:
     optional = tuple(bool(c) for c in x.unobserved().any(0).tolist())
     found = []
     for who, fn in (("model", model), ("guide", guide)):
-        problem = signature_problem(signature_target(fn), x, optional)
+        problem = _index_problem(fn, x) or signature_problem(signature_target(fn), x, optional)
         if problem:
             found.append(f"the {who}'s signature does not fit the data: {problem}")
     return found
+
+
+def _index_problem(fn, x: Rows) -> str:
+    """A tensor of the data would land in ``idx`` or ``num_data``, which ppvae's convention
+    ``f(..., idx=None, num_data=None)`` fills itself; "" when none does."""
+    if not accepts_indices(fn):
+        return ""
+    clash = [k for k in x.kwargs if k in ("idx", "num_data")]
+    if clash:
+        return f"the data's key '{clash[0]}' is ppvae's own argument {clash[0]}: rename it"
+    params = inspect.signature(signature_target(fn)).parameters.values()
+    if any(p.kind is p.VAR_POSITIONAL for p in params):  # f(*data, idx=None, ...)
+        return ""
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes = positional[: positional.index("idx")] if "idx" in positional else positional
+    if len(x.args) <= len(takes):
+        return ""
+    return (
+        f"it takes {len(takes)} tensor(s) ({', '.join(takes)}) before ppvae's idx and "
+        f"num_data, but the data is {len(x.args)} tensors: pass a model and guide that take "
+        "every tensor (e.g. the m2 or cvae pair)"
+    )
 
 
 def _none_arguments(model, x) -> list[str]:
@@ -43,16 +66,9 @@ def _none_arguments(model, x) -> list[str]:
     ]
 
 
-def _deterministic(site) -> bool:
-    return bool(site.get("infer", {}).get("_deterministic"))
-
-
 def unobserved_problems(model, model_sites, x, plate: str) -> list[str]:
     """No observed site inside the data plate: the pair would learn nothing from the data."""
-    observed = [  # pyro.deterministic records a value, it observes nothing
-        s for s in model_sites.values() if s["is_observed"] and not _deterministic(s)
-    ]
-    if observed:  # (outside the plate: placement's to say)
+    if any(observes(s) for s in model_sites.values()):  # (outside: placement's to say)
         return []
     names = _none_arguments(model, x)
     which = (

@@ -24,6 +24,7 @@ from ppvae.pairs import (
     batched,
     claim_parameters,
     data_frame,
+    observes,
     sample_sites,
     self_subsampled,
 )
@@ -47,9 +48,8 @@ def _hint(message: str, x: torch.Tensor, who: str, stale: str) -> str:
 
 
 def _stale_entries(fn, args) -> str:
-    """Why the param store is to blame for ``fn`` failing, or "" when it is not: ``fn`` runs
-    in an empty store (which is then put back as it was) and fails there too, or the store
-    was empty. The entries named are those ``fn`` creates with another shape."""
+    """Why the param store is to blame for ``fn`` failing, or "" when it is not (``fn`` fails
+    in an empty store too, or the store was empty); names the entries of another shape."""
     store = pyro.get_param_store()
     if not len(store):
         return ""
@@ -170,7 +170,7 @@ def _placement_problems(model_sites, guide_sites, plate: str) -> list[str]:
         f"example and is not scaled to the data set: observe it inside "
         f"`with pyro.plate('{plate}', x.shape[0]):`"
         for n, s in model_sites.items()
-        if s["is_observed"] and data_frame(s, plate) is None
+        if observes(s) and data_frame(s, plate) is None
     ]
     for name in sorted(set(model_sites) & set(guide_sites)):
         in_model = data_frame(model_sites[name], plate) is not None
@@ -283,9 +283,9 @@ def problems(
     ``objective`` None checks the pair for scoring (``evaluate``): enumerated discrete latents
     and guides that cannot be reparameterized are fine there.
 
-    The model and guide may be written ``f(x)`` (Pyro's convention) or
-    ``f(x, idx=None, num_data=None)`` (ppvae's); see :mod:`ppvae.pairs`. Tracing them registers
-    their parameters in Pyro's param store, as the first SVI step would.
+    The model and guide may be written ``f(x)`` (Pyro's) or ``f(x, idx=None, num_data=None)``
+    (ppvae's, :mod:`ppvae.pairs`). Tracing them registers their parameters in Pyro's param
+    store, as the first SVI step would.
 
     Returns
     -------

@@ -38,6 +38,23 @@ class Structure(NamedTuple):
     max_plate_nesting: int
 
 
+def observes(site) -> bool:
+    """Whether a sample site observes data: observed, and not a ``pyro.deterministic`` record
+    (which Pyro also marks observed, though it records a value and scores nothing).
+
+    Examples
+    --------
+    >>> import pyro.distributions as dist
+    >>> def model():
+    ...     pyro.sample("x", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5))
+    ...     pyro.deterministic("twice", torch.tensor(1.0))
+    >>> trace = poutine.trace(model).get_trace()
+    >>> observes(trace.nodes["x"]), observes(trace.nodes["twice"])
+    (True, False)
+    """
+    return bool(site["is_observed"]) and not site.get("infer", {}).get("_deterministic")
+
+
 def sample_sites(trace) -> dict[str, dict[str, Any]]:
     """The sample sites of a trace, without the plates' subsample sites."""
     return {
@@ -52,7 +69,7 @@ def observed_site(trace, plate: str = DEFAULT_PLATE, skip=()) -> dict[str, Any] 
 
     ``skip`` names sites to pass over (those a ``poutine.condition`` made observed)."""
     for name, site in sample_sites(trace).items():
-        if name not in skip and site["is_observed"] and data_frame(site, plate) is not None:
+        if name not in skip and observes(site) and data_frame(site, plate) is not None:
             return site
     return None
 
@@ -80,7 +97,7 @@ def structure(model_trace, guide_trace, plate: str = DEFAULT_PLATE) -> Structure
     return Structure(
         local_latents=local,
         global_latents=tuple(n for n in latent if n not in local),
-        observed=tuple(n for n, s in model_sites.items() if s["is_observed"]),
+        observed=tuple(n for n, s in model_sites.items() if observes(s)),
         enumerated=enumerated,
         max_plate_nesting=plate_nesting(model_trace, guide_trace),
     )

@@ -133,3 +133,18 @@ def test_m2_beats_the_classifier_trained_on_the_labels_alone():
     m2 = accuracy(guide.classify, x, data.test_labels)
     alone = accuracy(lambda v: classifier(v).argmax(1), x, data.test_labels)
     assert m2 > alone
+
+
+def test_every_row_labelled_trains_q_y_through_the_auxiliary_pair():
+    """With every label given, only the auxiliary pair calls q(y | x): fit judges the networks
+    with it (without it, q(y | x) would never train and is refused)."""
+    pyro.clear_param_store()
+    model, guide = pair()
+    x, y = torch.rand(12, D).round(), torch.eye(C)[torch.arange(12) % C]
+    before = guide.encoder_y(x).detach()
+    config = FitConfig(epochs=2, batch_size=6, objective="enum")
+    fit(model, guide, (x, y), config, aux=[(*classifier_pair(guide), 46.0)])
+    assert not torch.allclose(guide.encoder_y(x), before)  # the classifier trained
+    pyro.clear_param_store()
+    with pytest.raises(ModelGuideError, match=r"never sees \(encoder_y"):
+        fit(*pair(), (x, y), config)
